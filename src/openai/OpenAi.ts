@@ -1,0 +1,28 @@
+/**
+ * The model provider AIBase talks to. Two implementations ship: `OpenAiSdk`
+ * (the openai SDK against any OpenAI-compatible server) and `OfflineModel`
+ * (built in, deterministic, no network). Anything else that speaks these
+ * shapes can be provided instead.
+ *
+ * Requests arrive fully resolved (model and defaults filled in, tools in
+ * OpenAI's shape); results are decoded into the protocol's Schemas. Failures
+ * are already categorised. Interrupting a call aborts its upstream request.
+ */
+import { Context, type Effect, type Stream } from "effect"
+import type { ChatCompletion, ChatCompletionChunk, UpstreamChatRequest } from "../protocol/Chat.js"
+import type { EmbeddingResponse, UpstreamEmbeddingRequest } from "../protocol/Embedding.js"
+import type { AiBaseError } from "../protocol/Errors.js"
+
+export class OpenAi extends Context.Tag("aibase/OpenAi")<OpenAi, {
+  /** What /info and the startup log report. */
+  readonly provider: "openai" | "offline"
+  /** The upstream base URL, without credentials (absent for the offline model). */
+  readonly baseUrl: string | undefined
+  readonly createChatCompletion: (request: UpstreamChatRequest) => Effect.Effect<ChatCompletion, AiBaseError>
+  /**
+   * Streams chunks. The stream asks for usage (`stream_options.include_usage`)
+   * so the last chunk may carry it with no choices.
+   */
+  readonly streamChatCompletion: (request: UpstreamChatRequest) => Stream.Stream<ChatCompletionChunk, AiBaseError>
+  readonly createEmbedding: (request: UpstreamEmbeddingRequest) => Effect.Effect<EmbeddingResponse, AiBaseError>
+}>() {}

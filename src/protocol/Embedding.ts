@@ -1,0 +1,37 @@
+/**
+ * Embedding shapes: the `embedding` payload and OpenAI's embeddings response.
+ */
+import { Schema } from "effect"
+
+export const EmbeddingRequest = Schema.Struct({
+  input: Schema.Union(
+    Schema.String,
+    Schema.mutable(Schema.Array(Schema.String)).pipe(Schema.minItems(1), Schema.maxItems(2048))
+  ),
+  model: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
+  dimensions: Schema.optional(Schema.Int.pipe(Schema.between(1, 4096))),
+  user: Schema.optional(Schema.String)
+})
+export type EmbeddingRequest = typeof EmbeddingRequest.Type
+
+/** A resolved request (model chosen), as a model layer receives it. */
+export const UpstreamEmbeddingRequest = Schema.Struct({
+  ...EmbeddingRequest.fields,
+  model: Schema.String
+})
+export type UpstreamEmbeddingRequest = typeof UpstreamEmbeddingRequest.Type
+
+export const Embedding = Schema.Struct({
+  object: Schema.String,
+  index: Schema.Int,
+  embedding: Schema.Array(Schema.Number)
+})
+
+/** OpenAI's CreateEmbeddingResponse. */
+export const EmbeddingResponse = Schema.Struct({
+  object: Schema.String,
+  data: Schema.Array(Embedding),
+  model: Schema.String,
+  usage: Schema.Struct({ prompt_tokens: Schema.Number, total_tokens: Schema.Number })
+})
+export type EmbeddingResponse = typeof EmbeddingResponse.Type

@@ -1,0 +1,53 @@
+/**
+ * Every AIBase request, defined once: one RpcGroup with Schema payloads,
+ * success and error types. /rpc serves it natively; /ws adapts it to the
+ * JSON envelope protocol using the wire names in `WireNames`.
+ */
+import { Rpc, RpcGroup } from "@effect/rpc"
+import { Schema } from "effect"
+import { ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatStreamEnd } from "./Chat.js"
+import { EmbeddingRequest, EmbeddingResponse } from "./Embedding.js"
+import { AiBaseError } from "./Errors.js"
+import { ToolExecuteRequest, ToolExecution, ToolResult, ToolsListResponse } from "./Tools.js"
+
+export const Pong = Schema.Struct({ timestamp: Schema.String })
+
+/**
+ * The elements of a streamed completion. Their tags are the /ws frame types,
+ * so both transports use the same names.
+ */
+export const ChatStreamChunkEvent = Schema.TaggedStruct("chat_completion_stream_chunk", { data: ChatCompletionChunk })
+export const ToolExecutionEvent = Schema.TaggedStruct("tool_execution", { data: ToolExecution })
+export const ChatStreamEndEvent = Schema.TaggedStruct("chat_completion_stream_end", { data: ChatStreamEnd })
+export const ChatStreamEvent = Schema.Union(ChatStreamChunkEvent, ToolExecutionEvent, ChatStreamEndEvent)
+export type ChatStreamEvent = typeof ChatStreamEvent.Type
+
+export class AiBaseRpcs extends RpcGroup.make(
+  Rpc.make("Ping", { success: Pong, error: AiBaseError }),
+  Rpc.make("ChatCompletion", { payload: ChatCompletionRequest, success: ChatCompletionResponse, error: AiBaseError }),
+  Rpc.make("ChatCompletionStream", {
+    payload: ChatCompletionRequest,
+    success: ChatStreamEvent,
+    error: AiBaseError,
+    stream: true
+  }),
+  Rpc.make("Embedding", { payload: EmbeddingRequest, success: EmbeddingResponse, error: AiBaseError }),
+  Rpc.make("ToolsList", { success: ToolsListResponse, error: AiBaseError }),
+  Rpc.make("ToolExecute", { payload: ToolExecuteRequest, success: ToolResult, error: AiBaseError })
+) {}
+
+export type AiBaseRpc = RpcGroup.Rpcs<typeof AiBaseRpcs>
+
+/**
+ * The /ws names of each request: the `type` a client sends and, for requests
+ * with a single answer, the `type` of that answer. A streamed request answers
+ * with frames named by its events' tags.
+ */
+export const WireNames = {
+  Ping: { request: "ping", response: "pong" },
+  ChatCompletion: { request: "chat_completion", response: "chat_completion_response" },
+  ChatCompletionStream: { request: "chat_completion_stream" },
+  Embedding: { request: "embedding", response: "embedding_response" },
+  ToolsList: { request: "tools_list", response: "tools_list_response" },
+  ToolExecute: { request: "tool_execute", response: "tool_execute_response" }
+} as const satisfies Record<AiBaseRpc["_tag"], { readonly request: string; readonly response?: string }>

@@ -1,0 +1,96 @@
+/**
+ * The tools the server can run, and the one place tool calls are executed.
+ *
+ * The registry is a service instance, not a global: tools join it through
+ * Layers (`Tool.toLayer`) and leave when their Layer's scope closes.
+ */
+import { Context, Duration, Effect, Layer, Option, Schema, Scope } from "effect"
+import { AppConfig } from "../config/AppConfig.js"
+import { describeParseError } from "../protocol/Validation.js"
+import type { ToolCall, ToolDefinition, ToolResult } from "../protocol/Tools.js"
+import * as Tool from "./Tool.js"
+
+/** A registered tool with its types erased: JSON arguments in, text out. */
+interface Entry {
+  readonly definition: ToolDefinition
+  readonly run: (argumentsJson: string) => Effect.Effect<string, Tool.ToolError>
+}
+
+export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistry, {
+  /** Adds a tool until the current scope closes. Dies if the name is taken. */
+  readonly register: <A, I, R>(tool: Tool.Tool<A, I, R>) => Effect.Effect<void, never, Scope.Scope | R>
+  readonly definitions: Effect.Effect<ReadonlyArray<ToolDefinition>>
+  readonly lookup: (name: string) => Effect.Effect<Option.Option<ToolDefinition>>
+  /**
+   * Runs a call. Never fails: an unknown tool, bad arguments, a tool failure
+   * and a timeout all become a ToolResult with `is_error: true`.
+   */
+  readonly execute: (call: ToolCall) => Effect.Effect<ToolResult>
+}>() {
+  static readonly make = Effect.gen(function*() {
+    const config = yield* AppConfig
+    const entries = new Map<string, Entry>()
+
+    const register = <A, I, R>(tool: Tool.Tool<A, I, R>): Effect.Effect<void, never, Scope.Scope | R> =>
+      Effect.gen(function*() {
+        if (entries.has(tool.name)) {
+          return yield* Effect.dieMessage(`A tool named "${tool.name}" is already registered`)
+        }
+        const context = yield* Effect.context<R>()
+        const decode = Schema.decodeUnknown(Schema.parseJson(tool.parameters), { errors: "all" })
+        const entry: Entry = {
+          definition: Tool.definition(tool),
+          run: (argumentsJson) =>
+            decode(argumentsJson).pipe(
+              Effect.mapError((error) =>
+                new Tool.ToolError({ message: `Invalid arguments for ${tool.name}: ${describeParseError(error)}` })
+              ),
+              Effect.flatMap(tool.execute),
+              Effect.provide(context)
+            )
+        }
+        entries.set(tool.name, entry)
+        yield* Effect.addFinalizer(() => Effect.sync(() => entries.delete(tool.name)))
+      })
+
+    const execute = (call: ToolCall): Effect.Effect<ToolResult> => {
+      const entry = entries.get(call.function.name)
+      const result = (content: string, isError: boolean): ToolResult => ({
+        tool_call_id: call.id,
+        content,
+        is_error: isError
+      })
+      if (entry === undefined) {
+        const known = [...entries.keys()].join(", ") || "none"
+        return Effect.succeed(result(`Unknown tool "${call.function.name}". Available tools: ${known}.`, true))
+      }
+      return entry.run(call.function.arguments).pipe(
+        Effect.timeoutFail({
+          duration: config.toolTimeout,
+          onTimeout: () =>
+            new Tool.ToolError({
+              message: `${call.function.name} did not finish within ${Duration.format(config.toolTimeout)}`
+            })
+        }),
+        Effect.map((content) => result(content, false)),
+        Effect.catchAll((error) => Effect.succeed(result(error.message, true))),
+        Effect.catchAllDefect((defect) =>
+          Effect.logError("tool crashed", defect).pipe(
+            Effect.as(result(`${call.function.name} failed unexpectedly`, true))
+          )
+        ),
+        Effect.withLogSpan(`tool.${call.function.name}`)
+      )
+    }
+
+    return ToolRegistry.of({
+      register,
+      definitions: Effect.sync(() => [...entries.values()].map((entry) => entry.definition)),
+      lookup: (name) => Effect.sync(() => Option.fromNullable(entries.get(name)?.definition)),
+      execute
+    })
+  })
+
+  /** An empty registry; tools join it through `Tool.toLayer`. */
+  static readonly layer: Layer.Layer<ToolRegistry, never, AppConfig> = Layer.effect(ToolRegistry, ToolRegistry.make)
+}
