@@ -7,6 +7,7 @@
  * compiler checks the two against each other.
  */
 import { Schema } from "effect"
+import { optional } from "./Fields.js"
 import { FunctionTool, ToolCall, ToolDefinition, ToolRound } from "./Tools.js"
 
 const mutableArray = <S extends Schema.Schema.Any>(item: S) => Schema.mutable(Schema.Array(item))
@@ -20,7 +21,7 @@ export const ImagePart = Schema.Struct({
   type: Schema.Literal("image_url"),
   image_url: Schema.Struct({
     url: Schema.String,
-    detail: Schema.optional(Schema.Literal("auto", "low", "high"))
+    detail: optional(Schema.Literal("auto", "low", "high"))
   })
 })
 
@@ -32,9 +33,9 @@ export const AudioPart = Schema.Struct({
 export const FilePart = Schema.Struct({
   type: Schema.Literal("file"),
   file: Schema.Struct({
-    file_data: Schema.optional(Schema.String),
-    file_id: Schema.optional(Schema.String),
-    filename: Schema.optional(Schema.String)
+    file_data: optional(Schema.String),
+    file_id: optional(Schema.String),
+    filename: optional(Schema.String)
   })
 })
 
@@ -45,27 +46,27 @@ const TextContent = Schema.Union(Schema.String, mutableArray(TextPart))
 export const SystemMessage = Schema.Struct({
   role: Schema.Literal("system"),
   content: TextContent,
-  name: Schema.optional(Schema.String)
+  name: optional(Schema.String)
 })
 
 export const DeveloperMessage = Schema.Struct({
   role: Schema.Literal("developer"),
   content: TextContent,
-  name: Schema.optional(Schema.String)
+  name: optional(Schema.String)
 })
 
 export const UserMessage = Schema.Struct({
   role: Schema.Literal("user"),
   content: Schema.Union(Schema.String, mutableArray(Schema.Union(TextPart, ImagePart, AudioPart, FilePart))),
-  name: Schema.optional(Schema.String)
+  name: optional(Schema.String)
 })
 
 export const AssistantMessage = Schema.Struct({
   role: Schema.Literal("assistant"),
-  content: Schema.optional(Schema.NullOr(Schema.Union(Schema.String, mutableArray(Schema.Union(TextPart, RefusalPart))))),
-  name: Schema.optional(Schema.String),
-  refusal: Schema.optional(Schema.NullOr(Schema.String)),
-  tool_calls: Schema.optional(mutableArray(ToolCall))
+  content: optional(Schema.NullOr(Schema.Union(Schema.String, mutableArray(Schema.Union(TextPart, RefusalPart))))),
+  name: optional(Schema.String),
+  refusal: optional(Schema.NullOr(Schema.String)),
+  tool_calls: optional(mutableArray(ToolCall))
 })
 export type AssistantMessage = typeof AssistantMessage.Type
 
@@ -94,9 +95,9 @@ export const ResponseFormat = Schema.Union(
     type: Schema.Literal("json_schema"),
     json_schema: Schema.Struct({
       name: Schema.String,
-      description: Schema.optional(Schema.String),
-      schema: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
-      strict: Schema.optional(Schema.NullOr(Schema.Boolean))
+      description: optional(Schema.String),
+      schema: optional(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+      strict: optional(Schema.NullOr(Schema.Boolean))
     })
   })
 )
@@ -106,18 +107,18 @@ const Penalty = Schema.Number.pipe(Schema.between(-2, 2))
 
 /** Sampling and output options, forwarded upstream as given. */
 const optionFields = {
-  max_tokens: Schema.optional(PositiveInt),
-  max_completion_tokens: Schema.optional(PositiveInt),
-  temperature: Schema.optional(Schema.Number.pipe(Schema.between(0, 2))),
-  top_p: Schema.optional(Schema.Number.pipe(Schema.between(0, 1))),
-  stop: Schema.optional(Schema.NullOr(Schema.Union(Schema.String, mutableArray(Schema.String).pipe(Schema.maxItems(4))))),
-  presence_penalty: Schema.optional(Penalty),
-  frequency_penalty: Schema.optional(Penalty),
-  seed: Schema.optional(Schema.Int),
-  user: Schema.optional(Schema.String),
-  response_format: Schema.optional(ResponseFormat),
-  tool_choice: Schema.optional(ToolChoice),
-  parallel_tool_calls: Schema.optional(Schema.Boolean)
+  max_tokens: optional(PositiveInt),
+  max_completion_tokens: optional(PositiveInt),
+  temperature: optional(Schema.Number.pipe(Schema.between(0, 2))),
+  top_p: optional(Schema.Number.pipe(Schema.between(0, 1))),
+  stop: optional(Schema.NullOr(Schema.Union(Schema.String, mutableArray(Schema.String).pipe(Schema.maxItems(4))))),
+  presence_penalty: optional(Penalty),
+  frequency_penalty: optional(Penalty),
+  seed: optional(Schema.Int),
+  user: optional(Schema.String),
+  response_format: optional(ResponseFormat),
+  tool_choice: optional(ToolChoice),
+  parallel_tool_calls: optional(Schema.Boolean)
 }
 
 /**
@@ -135,13 +136,13 @@ export type ToolsSelection = typeof ToolsSelection.Type
 /** The payload of `chat_completion` and `chat_completion_stream`. */
 export const ChatCompletionRequest = Schema.Struct({
   messages: mutableArray(ChatMessage).pipe(Schema.minItems(1)),
-  model: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
+  model: optional(Schema.String.pipe(Schema.minLength(1))),
   ...optionFields,
-  tools: Schema.optional(ToolsSelection),
+  tools: optional(ToolsSelection),
   /** Run the registry's tools on the server and call the model again. */
-  auto_execute_tools: Schema.optional(Schema.Boolean),
+  auto_execute_tools: optional(Schema.Boolean),
   /** Upper bound on model calls that ask for tools, with auto_execute_tools. */
-  max_tool_rounds: Schema.optional(Schema.Int.pipe(Schema.between(1, 20)))
+  max_tool_rounds: optional(Schema.Int.pipe(Schema.between(1, 20)))
 })
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
 
@@ -150,7 +151,7 @@ export const UpstreamChatRequest = Schema.Struct({
   model: Schema.String,
   messages: mutableArray(ChatMessage),
   ...optionFields,
-  tools: Schema.optional(mutableArray(FunctionTool))
+  tools: optional(mutableArray(FunctionTool))
 })
 export type UpstreamChatRequest = typeof UpstreamChatRequest.Type
 
@@ -161,19 +162,19 @@ export const Usage = Schema.Struct({
   prompt_tokens: Schema.Number,
   completion_tokens: Schema.Number,
   total_tokens: Schema.Number,
-  prompt_tokens_details: Schema.optional(Schema.NullOr(Schema.Unknown)),
-  completion_tokens_details: Schema.optional(Schema.NullOr(Schema.Unknown))
+  prompt_tokens_details: optional(Schema.NullOr(Schema.Unknown)),
+  completion_tokens_details: optional(Schema.NullOr(Schema.Unknown))
 })
 export type Usage = typeof Usage.Type
 
-const optionalNullableString = Schema.optional(Schema.NullOr(Schema.String))
+const optionalNullableString = optional(Schema.NullOr(Schema.String))
 
 export const ResponseMessage = Schema.Struct({
   role: Schema.Literal("assistant"),
   // Some OpenAI-compatible servers leave content out when the model only calls tools.
   content: Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null }),
   refusal: optionalNullableString,
-  tool_calls: Schema.optional(Schema.Array(ToolCall))
+  tool_calls: optional(Schema.Array(ToolCall))
 })
 export type ResponseMessage = typeof ResponseMessage.Type
 
@@ -181,7 +182,7 @@ export const ChatCompletionChoice = Schema.Struct({
   index: Schema.Int,
   message: ResponseMessage,
   finish_reason: Schema.NullOr(Schema.String),
-  logprobs: Schema.optional(Schema.NullOr(Schema.Unknown))
+  logprobs: optional(Schema.NullOr(Schema.Unknown))
 })
 
 /** OpenAI's ChatCompletion object. */
@@ -191,7 +192,7 @@ export const ChatCompletion = Schema.Struct({
   created: Schema.Number,
   model: Schema.String,
   choices: Schema.Array(ChatCompletionChoice),
-  usage: Schema.optional(Schema.NullOr(Usage)),
+  usage: optional(Schema.NullOr(Usage)),
   system_fingerprint: optionalNullableString,
   service_tier: optionalNullableString
 })
@@ -200,17 +201,17 @@ export type ChatCompletion = typeof ChatCompletion.Type
 /** `chat_completion_response` data: the completion, plus the server tool loop's rounds. */
 export const ChatCompletionResponse = Schema.Struct({
   ...ChatCompletion.fields,
-  tool_rounds: Schema.optional(Schema.Array(ToolRound))
+  tool_rounds: optional(Schema.Array(ToolRound))
 })
 export type ChatCompletionResponse = typeof ChatCompletionResponse.Type
 
 export const ToolCallDelta = Schema.Struct({
   index: Schema.Int,
-  id: Schema.optional(Schema.String),
-  type: Schema.optional(Schema.Literal("function")),
-  function: Schema.optional(Schema.Struct({
-    name: Schema.optional(Schema.String),
-    arguments: Schema.optional(Schema.String)
+  id: optional(Schema.String),
+  type: optional(Schema.Literal("function")),
+  function: optional(Schema.Struct({
+    name: optional(Schema.String),
+    arguments: optional(Schema.String)
   }))
 })
 export type ToolCallDelta = typeof ToolCallDelta.Type
@@ -218,13 +219,13 @@ export type ToolCallDelta = typeof ToolCallDelta.Type
 export const ChunkChoice = Schema.Struct({
   index: Schema.Int,
   delta: Schema.Struct({
-    role: Schema.optional(Schema.String),
+    role: optional(Schema.String),
     content: optionalNullableString,
     refusal: optionalNullableString,
-    tool_calls: Schema.optional(Schema.Array(ToolCallDelta))
+    tool_calls: optional(Schema.Array(ToolCallDelta))
   }),
   finish_reason: Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null }),
-  logprobs: Schema.optional(Schema.NullOr(Schema.Unknown))
+  logprobs: optional(Schema.NullOr(Schema.Unknown))
 })
 
 /** OpenAI's ChatCompletionChunk object. */
@@ -234,7 +235,7 @@ export const ChatCompletionChunk = Schema.Struct({
   created: Schema.Number,
   model: Schema.String,
   choices: Schema.Array(ChunkChoice),
-  usage: Schema.optional(Schema.NullOr(Usage)),
+  usage: optional(Schema.NullOr(Usage)),
   system_fingerprint: optionalNullableString,
   service_tier: optionalNullableString
 })
@@ -244,9 +245,9 @@ export type ChatCompletionChunk = typeof ChatCompletionChunk.Type
 export const ChatStreamEnd = Schema.Struct({
   finish_reason: Schema.NullOr(Schema.String),
   content: Schema.String,
-  tool_calls: Schema.optional(Schema.Array(ToolCall)),
-  usage: Schema.optional(Usage),
-  tool_rounds: Schema.optional(Schema.Array(ToolRound))
+  tool_calls: optional(Schema.Array(ToolCall)),
+  usage: optional(Usage),
+  tool_rounds: optional(Schema.Array(ToolRound))
 })
 export type ChatStreamEnd = typeof ChatStreamEnd.Type
 

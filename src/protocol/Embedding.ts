@@ -2,15 +2,16 @@
  * Embedding shapes: the `embedding` payload and OpenAI's embeddings response.
  */
 import { Schema } from "effect"
+import { optional } from "./Fields.js"
 
 export const EmbeddingRequest = Schema.Struct({
   input: Schema.Union(
     Schema.String,
     Schema.mutable(Schema.Array(Schema.String)).pipe(Schema.minItems(1), Schema.maxItems(2048))
   ),
-  model: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
-  dimensions: Schema.optional(Schema.Int.pipe(Schema.between(1, 4096))),
-  user: Schema.optional(Schema.String)
+  model: optional(Schema.String.pipe(Schema.minLength(1))),
+  dimensions: optional(Schema.Int.pipe(Schema.between(1, 4096))),
+  user: optional(Schema.String)
 })
 export type EmbeddingRequest = typeof EmbeddingRequest.Type
 

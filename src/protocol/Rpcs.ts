@@ -18,7 +18,9 @@ export const Pong = Schema.Struct({ timestamp: Schema.String })
  */
 export const ChatStreamChunkEvent = Schema.TaggedStruct("chat_completion_stream_chunk", { data: ChatCompletionChunk })
 export const ToolExecutionEvent = Schema.TaggedStruct("tool_execution", { data: ToolExecution })
-export const ChatStreamEndEvent = Schema.TaggedStruct("chat_completion_stream_end", { data: ChatStreamEnd })
+/** The frame that ends a stream; nothing follows it for that request. */
+export const STREAM_END = "chat_completion_stream_end"
+export const ChatStreamEndEvent = Schema.TaggedStruct(STREAM_END, { data: ChatStreamEnd })
 export const ChatStreamEvent = Schema.Union(ChatStreamChunkEvent, ToolExecutionEvent, ChatStreamEndEvent)
 export type ChatStreamEvent = typeof ChatStreamEvent.Type
 

@@ -3,6 +3,7 @@
  * the seed's ToolDefinition, ToolCall and ToolResult, and OpenAI's tool shape.
  */
 import { Schema } from "effect"
+import { optional } from "./Fields.js"
 
 /** A JSON Schema object, as the model sees a tool's parameters. */
 export const JsonSchemaObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
@@ -12,8 +13,8 @@ export const ToolDefinition = Schema.Struct({
   name: Schema.String.pipe(Schema.pattern(/^[a-zA-Z0-9_-]{1,64}$/, {
     message: () => "a tool name is 1-64 letters, digits, underscores or dashes"
   })),
-  description: Schema.optional(Schema.String),
-  parameters: Schema.optional(JsonSchemaObject)
+  description: optional(Schema.String),
+  parameters: optional(JsonSchemaObject)
 })
 export type ToolDefinition = typeof ToolDefinition.Type
 
@@ -22,7 +23,7 @@ export const FunctionTool = Schema.Struct({
   type: Schema.Literal("function"),
   function: Schema.Struct({
     ...ToolDefinition.fields,
-    strict: Schema.optional(Schema.NullOr(Schema.Boolean))
+    strict: optional(Schema.NullOr(Schema.Boolean))
   })
 })
 export type FunctionTool = typeof FunctionTool.Type

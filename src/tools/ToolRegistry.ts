@@ -53,7 +53,7 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
         yield* Effect.addFinalizer(() => Effect.sync(() => entries.delete(tool.name)))
       })
 
-    const execute = (call: ToolCall): Effect.Effect<ToolResult> => {
+    const execute = (call: ToolCall): Effect.Effect<ToolResult> => Effect.suspend(() => {
       const entry = entries.get(call.function.name)
       const result = (content: string, isError: boolean): ToolResult => ({
         tool_call_id: call.id,
@@ -64,7 +64,9 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
         const known = [...entries.keys()].join(", ") || "none"
         return Effect.succeed(result(`Unknown tool "${call.function.name}". Available tools: ${known}.`, true))
       }
-      return entry.run(call.function.arguments).pipe(
+      // Some providers send "" for a call without arguments.
+      const args = call.function.arguments.trim() === "" ? "{}" : call.function.arguments
+      return entry.run(args).pipe(
         Effect.timeoutFail({
           duration: config.toolTimeout,
           onTimeout: () =>
@@ -81,7 +83,7 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
         ),
         Effect.withLogSpan(`tool.${call.function.name}`)
       )
-    }
+    })
 
     return ToolRegistry.of({
       register,

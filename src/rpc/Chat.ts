@@ -1,0 +1,196 @@
+/**
+ * Chat completions as clients ask for them: configured defaults filled in,
+ * tools named in any of the accepted shapes turned into OpenAI's, and, with
+ * `auto_execute_tools`, the server-side tool loop (call the model, run the
+ * registry's tools, call it again) for both whole and streamed completions.
+ */
+import { Context, Effect, Layer, Option, Stream } from "effect"
+import { AppConfig } from "../config/AppConfig.js"
+import { OpenAi } from "../openai/OpenAi.js"
+import {
+  type AssistantMessage,
+  type ChatCompletionRequest,
+  type ChatCompletionResponse,
+  type ChatMessage,
+  type ToolMessage,
+  TOOL_ROUNDS_EXHAUSTED,
+  type ToolsSelection,
+  type UpstreamChatRequest,
+  type Usage
+} from "../protocol/Chat.js"
+import { type AiBaseError, ValidationError } from "../protocol/Errors.js"
+import type { ChatStreamEvent } from "../protocol/Rpcs.js"
+import type { FunctionTool, ToolCall, ToolExecution, ToolRound } from "../protocol/Tools.js"
+import { ToolRegistry } from "../tools/ToolRegistry.js"
+import { addUsage, StreamAccumulator } from "./StreamAccumulator.js"
+
+export const DEFAULT_MAX_TOOL_ROUNDS = 5
+
+export class Chat extends Context.Tag("aibase/Chat")<Chat, {
+  readonly complete: (request: ChatCompletionRequest) => Effect.Effect<ChatCompletionResponse, AiBaseError>
+  readonly stream: (request: ChatCompletionRequest) => Stream.Stream<ChatStreamEvent, AiBaseError>
+}>() {
+  static readonly make = Effect.gen(function*() {
+    const config = yield* AppConfig
+    const openai = yield* OpenAi
+    const registry = yield* ToolRegistry
+
+    const resolveTools = Effect.fn("Chat.resolveTools")(function*(selection: ToolsSelection) {
+      if (selection === "registry") {
+        return (yield* registry.definitions).map(toFunctionTool)
+      }
+      const tools: Array<FunctionTool> = []
+      for (const entry of selection) {
+        if (typeof entry !== "string") {
+          tools.push("type" in entry ? entry : toFunctionTool(entry))
+          continue
+        }
+        const definition = yield* registry.lookup(entry)
+        if (Option.isNone(definition)) {
+          const known = (yield* registry.definitions).map((d) => d.name).join(", ") || "none"
+          return yield* new ValidationError({
+            code: "unknown_tool",
+            message: `tools: no registered tool is named "${entry}" (registered: ${known})`
+          })
+        }
+        tools.push(toFunctionTool(definition.value))
+      }
+      return tools
+    })
+
+    /** Fills in the configured defaults and puts tools into OpenAI's shape. */
+    const resolve = Effect.fn("Chat.resolve")(function*(request: ChatCompletionRequest) {
+      const { auto_execute_tools: _auto, max_tool_rounds: _rounds, model, tools, ...options } = request
+      const resolvedTools = tools === undefined ? [] : yield* resolveTools(tools)
+      const upstream: UpstreamChatRequest = {
+        ...options,
+        model: model ?? config.openai.model,
+        temperature: options.temperature ?? config.openai.temperature,
+        ...(options.max_tokens === undefined && options.max_completion_tokens === undefined
+          ? { max_tokens: config.openai.maxTokens }
+          : {}),
+        // OpenAI rejects an empty tools array; an empty selection means no tools.
+        ...(resolvedTools.length > 0 ? { tools: resolvedTools } : {})
+      }
+      return upstream
+    })
+
+    /**
+     * Whether the loop should run these calls: only when every call names a
+     * registered tool. Otherwise the calls go to the client as they are.
+     */
+    const runnable = (calls: ReadonlyArray<ToolCall>) =>
+      Effect.forEach(calls, (call) => registry.lookup(call.function.name)).pipe(
+        Effect.map((found) => calls.length > 0 && found.every(Option.isSome))
+      )
+
+    const execute = (calls: ReadonlyArray<ToolCall>) =>
+      Effect.forEach(calls, (call) =>
+        registry.execute(call).pipe(
+          Effect.map((result): ToolExecution => ({ tool_call: call, result }))
+        ))
+
+    const complete = (request: ChatCompletionRequest) =>
+      Effect.gen(function*() {
+        let upstream = yield* resolve(request)
+        if (request.auto_execute_tools !== true) return yield* openai.createChatCompletion(upstream)
+
+        const maxRounds = request.max_tool_rounds ?? DEFAULT_MAX_TOOL_ROUNDS
+        const rounds: Array<ToolRound> = []
+        let usage: Usage | undefined = undefined
+        while (true) {
+          const completion = yield* openai.createChatCompletion(upstream)
+          usage = addUsage(usage, completion.usage ?? undefined)
+          const choice = completion.choices[0]
+          const calls = choice?.message.tool_calls ?? []
+          const done = (finishReason?: string): ChatCompletionResponse => ({
+            ...completion,
+            ...(usage ? { usage } : {}),
+            ...(finishReason && choice ? { choices: [{ ...choice, finish_reason: finishReason }] } : {}),
+            ...(rounds.length > 0 ? { tool_rounds: rounds } : {})
+          })
+          if (choice === undefined || !(yield* runnable(calls))) return done()
+          if (rounds.length >= maxRounds) return done(TOOL_ROUNDS_EXHAUSTED)
+          const executions = yield* execute(calls)
+          rounds.push({ round: rounds.length + 1, executions })
+          upstream = continueWith(upstream, choice.message.content, calls, executions)
+        }
+      }).pipe(Effect.withSpan("Chat.complete"))
+
+    const stream = (request: ChatCompletionRequest): Stream.Stream<ChatStreamEvent, AiBaseError> =>
+      Stream.unwrap(Effect.map(resolve(request), (upstream) => {
+        const auto = request.auto_execute_tools === true
+        const maxRounds = request.max_tool_rounds ?? DEFAULT_MAX_TOOL_ROUNDS
+
+        const round = (
+          current: UpstreamChatRequest,
+          rounds: ReadonlyArray<ToolRound>,
+          usageSoFar: Usage | undefined
+        ): Stream.Stream<ChatStreamEvent, AiBaseError> =>
+          Stream.suspend(() => {
+            const accumulator = new StreamAccumulator()
+            const chunks = openai.streamChatCompletion(current).pipe(
+              Stream.map((chunk): ChatStreamEvent => {
+                accumulator.add(chunk)
+                return { _tag: "chat_completion_stream_chunk", data: chunk }
+              })
+            )
+            const next = Stream.unwrap(Effect.gen(function*() {
+              const assembled = accumulator.result()
+              const usage = addUsage(usageSoFar, assembled.usage)
+              const end = (finishReason: string | null): ChatStreamEvent => ({
+                _tag: "chat_completion_stream_end",
+                data: {
+                  finish_reason: finishReason,
+                  content: assembled.content,
+                  ...(assembled.toolCalls.length > 0 ? { tool_calls: assembled.toolCalls } : {}),
+                  ...(usage ? { usage } : {}),
+                  ...(rounds.length > 0 ? { tool_rounds: rounds } : {})
+                }
+              })
+              if (!auto || !(yield* runnable(assembled.toolCalls))) return Stream.make(end(assembled.finishReason))
+              if (rounds.length >= maxRounds) return Stream.make(end(TOOL_ROUNDS_EXHAUSTED))
+              const executions = yield* execute(assembled.toolCalls)
+              const events = executions.map((execution): ChatStreamEvent => ({ _tag: "tool_execution", data: execution }))
+              return Stream.concat(
+                Stream.fromIterable(events),
+                round(
+                  continueWith(current, assembled.content || null, assembled.toolCalls, executions),
+                  [...rounds, { round: rounds.length + 1, executions }],
+                  usage
+                )
+              )
+            }))
+            return Stream.concat(chunks, next)
+          })
+
+        return round(upstream, [], undefined)
+      }))
+
+    return Chat.of({ complete, stream })
+  })
+
+  static readonly layer: Layer.Layer<Chat, never, AppConfig | OpenAi | ToolRegistry> = Layer.effect(Chat, Chat.make)
+}
+
+const toFunctionTool = (definition: { readonly name: string; readonly description?: string; readonly parameters?: { readonly [key: string]: unknown } }): FunctionTool => ({
+  type: "function",
+  function: definition
+})
+
+/** The conversation after a tool round: the assistant's calls, then each result. */
+const continueWith = (
+  request: UpstreamChatRequest,
+  content: string | null,
+  calls: ReadonlyArray<ToolCall>,
+  executions: ReadonlyArray<ToolExecution>
+): UpstreamChatRequest => {
+  const assistant: AssistantMessage = { role: "assistant", content, tool_calls: [...calls] }
+  const results = executions.map(({ result }): ToolMessage => ({
+    role: "tool",
+    tool_call_id: result.tool_call_id,
+    content: result.content
+  }))
+  const messages: Array<ChatMessage> = [...request.messages, assistant, ...results]
+  return { ...request, messages }
+}

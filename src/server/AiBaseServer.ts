@@ -1,0 +1,83 @@
+/**
+ * AIBase assembled: its routes, the default services behind them, and the
+ * Node HTTP server with graceful shutdown. Each piece is a Layer, so an
+ * application can take the whole server, or mount `routes` in its own
+ * HttpRouter, and replace any service (OpenAi, ToolRegistry, Hub) with its own.
+ */
+import { HttpLayerRouter, HttpServer } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Duration, Effect, Layer } from "effect"
+import { createServer } from "node:http"
+import { AppConfig } from "../config/AppConfig.js"
+import { Hub } from "../hub/Hub.js"
+import { OpenAi } from "../openai/OpenAi.js"
+import * as Provider from "../openai/Provider.js"
+import * as Handlers from "../rpc/Handlers.js"
+import * as BuiltinTools from "../tools/builtin/BuiltinTools.js"
+import { ToolRegistry } from "../tools/ToolRegistry.js"
+import * as Auth from "./Auth.js"
+import * as HttpRoutes from "./HttpRoutes.js"
+import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
+import * as WsRoute from "./WsRoute.js"
+
+/**
+ * Every AIBase route (/ws, /health, /info) plus the auth middleware, for an
+ * HttpRouter. Needs AppConfig, Hub, OpenAi and ToolRegistry.
+ */
+export const routes = Layer.mergeAll(WsRoute.layer, HttpRoutes.layer, Auth.layer).pipe(
+  Layer.provide([Handlers.layer, WebSocketUpgrade.layer])
+)
+
+/** The tool registry with the built-in tools. */
+export const layerTools: Layer.Layer<ToolRegistry, never, AppConfig> = BuiltinTools.layer.pipe(
+  Layer.provideMerge(ToolRegistry.layer)
+)
+
+/** The default services: Hub, the tools, and the provider chosen by LLM_PROVIDER. */
+export const layerServices: Layer.Layer<Hub | ToolRegistry | OpenAi, never, AppConfig> = Layer.mergeAll(
+  Hub.layer,
+  layerTools,
+  Provider.layer
+)
+
+/** The Node HTTP server on SERVER_HOST:SERVER_PORT. */
+export const layerHttpServer = Layer.unwrapEffect(Effect.map(AppConfig, (config) => {
+  const readTimeout = Duration.toMillis(config.server.readTimeout)
+  return NodeHttpServer.layer(() => createServer({ requestTimeout: readTimeout, headersTimeout: readTimeout }), {
+    host: config.server.host,
+    port: config.server.port
+  })
+}))
+
+/**
+ * Logs the start, and drains on shutdown. Built after the server is
+ * listening, so its finalizer runs before the server stops listening:
+ * /health can answer 503 and in-flight requests can finish.
+ */
+const lifecycle = Layer.scopedDiscard(Effect.gen(function*() {
+  const server = yield* HttpServer.HttpServer
+  const config = yield* AppConfig
+  const hub = yield* Hub
+  const openai = yield* OpenAi
+  const address = server.address._tag === "TcpAddress"
+    ? `http://${server.address.hostname}:${server.address.port}`
+    : server.address.path
+  yield* Effect.logInfo(`AIBase listening on ${address} (WebSocket: ${WsRoute.PATH})`).pipe(
+    Effect.annotateLogs({ provider: openai.provider, model: config.openai.model })
+  )
+  if (openai.provider === "offline") {
+    yield* Effect.logWarning(
+      "Using the built-in offline model: replies are canned. Set OPENAI_API_KEY (or LLM_PROVIDER) for a real model"
+    )
+  }
+  yield* Effect.addFinalizer(() => hub.drain(config.server.shutdownGrace))
+}))
+
+/** The server with its routes; needs AppConfig, Hub, OpenAi and ToolRegistry. */
+export const layerServer = lifecycle.pipe(
+  Layer.provideMerge(HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })),
+  Layer.provideMerge(layerHttpServer)
+)
+
+/** Everything, from AppConfig. */
+export const layer = layerServer.pipe(Layer.provide(layerServices))

@@ -1,0 +1,61 @@
+/**
+ * Bearer-token authentication. With AUTH_TOKENS set, every endpoint except
+ * /health needs `Authorization: Bearer TOKEN` or `?token=TOKEN` (browsers
+ * cannot set headers on a WebSocket). Tokens are compared in constant time
+ * and never logged.
+ */
+import { HttpLayerRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Effect, Redacted } from "effect"
+import { createHash, timingSafeEqual } from "node:crypto"
+import { AppConfig } from "../config/AppConfig.js"
+
+/** Paths that stay open with auth on, so that load balancers can probe them. */
+const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/health"])
+
+const digest = (token: string): Buffer => createHash("sha256").update(token).digest()
+
+/**
+ * A checker for the configured tokens. Comparing fixed-size digests keeps the
+ * time independent of where a guess differs, and every token is compared.
+ */
+export const makeChecker = (tokens: ReadonlyArray<Redacted.Redacted<string>>) => {
+  const expected = tokens.map((token) => digest(Redacted.value(token)))
+  return (presented: string | undefined): boolean => {
+    if (presented === undefined || presented.length === 0) return false
+    const candidate = digest(presented)
+    let ok = false
+    for (const token of expected) ok = timingSafeEqual(token, candidate) || ok
+    return ok
+  }
+}
+
+/** The token a request presents, from its Authorization header or its `token` query parameter. */
+export const presentedToken = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
+  const header = request.headers["authorization"]
+  const bearer = header?.match(/^Bearer\s+(.+)$/i)?.[1]
+  if (bearer !== undefined) return bearer.trim()
+  return new URL(request.url, "http://localhost").searchParams.get("token") ?? undefined
+}
+
+const unauthorized = HttpServerResponse.unsafeJson(
+  {
+    error: "unauthorized",
+    message: "Missing or invalid token: send 'Authorization: Bearer <token>' or add '?token=<token>' to the URL"
+  },
+  { status: 401, headers: { "www-authenticate": "Bearer" } }
+)
+
+/** Global middleware enforcing AUTH_TOKENS; a no-op when none are configured. */
+export const layer = HttpLayerRouter.middleware(
+  Effect.gen(function*() {
+    const config = yield* AppConfig
+    const check = makeChecker(config.authTokens)
+    const open = config.authTokens.length === 0
+    return (httpEffect) =>
+      open ? httpEffect : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+        const path = new URL(request.url, "http://localhost").pathname
+        return PUBLIC_PATHS.has(path) || check(presentedToken(request)) ? httpEffect : Effect.succeed(unauthorized)
+      })
+  }),
+  { global: true }
+)

@@ -1,0 +1,91 @@
+/**
+ * GET /health and GET /info.
+ */
+import { HttpLayerRouter, HttpServerResponse } from "@effect/platform"
+import { Clock, Duration, Effect, Layer, Schema } from "effect"
+import { createRequire } from "node:module"
+import { AppConfig } from "../config/AppConfig.js"
+import { Hub } from "../hub/Hub.js"
+import { OpenAi } from "../openai/OpenAi.js"
+import { WireNames } from "../protocol/Rpcs.js"
+import { ToolRegistry } from "../tools/ToolRegistry.js"
+
+const PackageJson = Schema.Struct({ name: Schema.String, version: Schema.String })
+
+/** The package's name and version, read from package.json next to src/ or dist/. */
+export const packageInfo = Schema.decodeUnknownSync(PackageJson)(createRequire(import.meta.url)("../../package.json"))
+
+/** A URL without user info or query, which is where credentials hide. */
+export const publicUrl = (url: string): string => {
+  const parsed = new URL(url)
+  parsed.username = ""
+  parsed.password = ""
+  parsed.search = ""
+  parsed.hash = ""
+  return parsed.href.replace(/\/+$/, "")
+}
+
+export const Endpoints = { websocket: "/ws", rpc: "/rpc", health: "/health", info: "/info" } as const
+
+/** Both routes, registered on the application's HttpRouter. */
+export const layer = Layer.effectDiscard(Effect.gen(function*() {
+  const router = yield* HttpLayerRouter.HttpRouter
+  const config = yield* AppConfig
+  const hub = yield* Hub
+  const openai = yield* OpenAi
+  const registry = yield* ToolRegistry
+  const startedAt = yield* Clock.currentTimeMillis
+
+  yield* router.add(
+    "GET",
+    Endpoints.health,
+    Effect.gen(function*() {
+      const stats = yield* hub.stats
+      if (stats.draining) return HttpServerResponse.unsafeJson({ status: "shutting_down" }, { status: 503 })
+      const now = yield* Clock.currentTimeMillis
+      return HttpServerResponse.unsafeJson({
+        status: "ok",
+        clients: stats.clients,
+        uptime_seconds: Math.floor((now - startedAt) / 1000)
+      })
+    })
+  )
+
+  yield* router.add(
+    "GET",
+    Endpoints.info,
+    Effect.gen(function*() {
+      const tools = yield* registry.definitions
+      const stats = yield* hub.stats
+      return HttpServerResponse.unsafeJson({
+        name: packageInfo.name,
+        version: packageInfo.version,
+        provider: openai.provider,
+        offline: openai.provider === "offline",
+        base_url: openai.baseUrl === undefined ? null : publicUrl(openai.baseUrl),
+        models: {
+          chat: config.openai.model,
+          embedding: config.openai.embeddingModel,
+          max_tokens: config.openai.maxTokens,
+          temperature: config.openai.temperature
+        },
+        limits: {
+          ws_max_message_bytes: config.limits.maxMessageBytes,
+          ws_max_in_flight: config.limits.maxInFlight,
+          ws_max_buffered_bytes: config.limits.maxBufferedBytes,
+          ws_ping_interval_seconds: Duration.toSeconds(config.limits.pingInterval),
+          max_connections: config.limits.maxConnections,
+          openai_timeout_seconds: Duration.toSeconds(config.openai.timeout),
+          openai_max_retries: config.openai.maxRetries,
+          tool_timeout_seconds: Duration.toSeconds(config.toolTimeout),
+          shutdown_grace_seconds: Duration.toSeconds(config.server.shutdownGrace)
+        },
+        auth_required: config.authTokens.length > 0,
+        endpoints: Endpoints,
+        request_types: [...Object.values(WireNames).map((names) => names.request), "cancel"],
+        tools: tools.map((tool) => tool.name),
+        clients: stats.clients
+      })
+    })
+  )
+}))

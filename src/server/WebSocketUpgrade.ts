@@ -1,0 +1,113 @@
+/**
+ * Upgrades HTTP requests to WebSockets with AIBase's limits. The platform's
+ * own upgrade offers no way to set ws's `maxPayload`, and that limit must hold
+ * while a frame is being read (an oversized frame closes the connection with
+ * 1009 before more than the limit is buffered), so the upgrade happens here,
+ * on a `ws` server we configure. Both /ws and /rpc use it.
+ *
+ * Every upgraded socket also gets a heartbeat: a ping every
+ * WS_PING_INTERVAL_SECONDS, and a client that missed the previous pong is
+ * dropped.
+ */
+import { type HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
+import { Context, Duration, Effect, Layer, type Scope } from "effect"
+import { type WebSocket, WebSocketServer } from "ws"
+import { AppConfig } from "../config/AppConfig.js"
+
+export interface Upgraded {
+  /** The platform Socket: frames in, frames out. */
+  readonly socket: Socket.Socket
+  /** The underlying `ws` socket, for flow control (`bufferedAmount`). */
+  readonly raw: WebSocket
+}
+
+const EMPTY_HEAD = Buffer.alloc(0)
+const WEBSOCKET_KEY = /^[+/0-9A-Za-z]{22}==$/
+
+/** Why a request cannot be upgraded, or undefined when it can. */
+export const upgradeProblem = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
+  const headers = request.headers
+  if (request.method !== "GET") return "WebSocket upgrades use GET"
+  if (headers["upgrade"]?.toLowerCase() !== "websocket") return "Expected a WebSocket upgrade request"
+  if (!WEBSOCKET_KEY.test(headers["sec-websocket-key"] ?? "")) return "Missing or invalid Sec-WebSocket-Key"
+  if (headers["sec-websocket-version"] !== "13") return "Unsupported Sec-WebSocket-Version (expected 13)"
+  return undefined
+}
+
+/** The answer to a request that cannot be upgraded. */
+export const notUpgradable = (problem: string) =>
+  HttpServerResponse.unsafeJson({ error: problem }, { status: 426, headers: { upgrade: "websocket" } })
+
+export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<WebSocketUpgrade, {
+  /**
+   * Upgrades a request (check `upgradeProblem` first). The socket lives as
+   * long as the current scope; closing the scope closes it.
+   */
+  readonly upgrade: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<Upgraded, never, Scope.Scope>
+}>() {
+  static readonly make = Effect.gen(function*() {
+    const config = yield* AppConfig
+    const server = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        new WebSocketServer({
+          noServer: true,
+          clientTracking: false,
+          perMessageDeflate: false,
+          maxPayload: config.limits.maxMessageBytes
+        })
+      ),
+      (server) => Effect.async<void>((resume) => server.close(() => resume(Effect.void)))
+    )
+
+    const upgrade = (request: HttpServerRequest.HttpServerRequest) =>
+      Effect.gen(function*() {
+        const incoming = NodeHttpServerRequest.toIncomingMessage(request)
+        const raw = yield* Effect.acquireRelease(
+          Effect.async<WebSocket>((resume) => {
+            // Clients wait for the 101 before sending frames, so there is no head to pass on.
+            server.handleUpgrade(incoming, incoming.socket, EMPTY_HEAD, (ws) => resume(Effect.succeed(ws)))
+          }),
+          (ws) =>
+            Effect.sync(() => {
+              if (ws.readyState === ws.OPEN) ws.close(1001, "server shutting down")
+            })
+        )
+        // ws reports protocol errors (such as an oversized frame) as events; without
+        // a listener an 'error' event would crash the process.
+        raw.on("error", () => {})
+        yield* heartbeat(raw, config.limits.pingInterval).pipe(Effect.forkScoped)
+        const socket = yield* Socket.fromWebSocket(
+          // ws implements the WHATWG WebSocket interface the platform Socket expects.
+          Effect.succeed(raw as unknown as globalThis.WebSocket),
+          { closeCodeIsError: () => false }
+        )
+        return { socket, raw }
+      })
+
+    return WebSocketUpgrade.of({ upgrade })
+  })
+
+  static readonly layer: Layer.Layer<WebSocketUpgrade, never, AppConfig> = Layer.scoped(
+    WebSocketUpgrade,
+    WebSocketUpgrade.make
+  )
+}
+
+/** Pings the client every `interval`; a client that did not answer the last ping is dropped. */
+const heartbeat = (raw: WebSocket, interval: Duration.Duration) =>
+  Effect.suspend(() => {
+    let answered = true
+    raw.on("pong", () => {
+      answered = true
+    })
+    return Effect.sync(() => {
+      if (raw.readyState !== raw.OPEN) return
+      if (!answered) {
+        raw.terminate()
+        return
+      }
+      answered = false
+      raw.ping()
+    }).pipe(Effect.delay(interval), Effect.forever)
+  })

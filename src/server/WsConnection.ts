@@ -1,0 +1,195 @@
+/**
+ * One /ws client connection, from upgrade to close.
+ *
+ * Frames are read synchronously (decode the envelope, find the route, check
+ * limits) and every accepted request runs in its own fiber, keyed by its
+ * request_id so that `cancel` can reach it. All frames out go through one
+ * bounded queue and one writer fiber, which stops feeding a client that does
+ * not read (ws buffers without limit otherwise) and drops it after
+ * SERVER_WRITE_TIMEOUT. Closing the connection's scope interrupts every
+ * request, and interrupting a request aborts its upstream call.
+ */
+import { Socket } from "@effect/platform"
+import { Deferred, Duration, Effect, Either, Fiber, FiberSet, Queue, Schema } from "effect"
+import type { AppConfigShape } from "../config/AppConfig.js"
+import type { Hub, Membership } from "../hub/Hub.js"
+import { type AiBaseError, CancelledError, InternalError, OverloadedError, UnavailableError, ValidationError } from "../protocol/Errors.js"
+import { CancelRequest } from "../protocol/Frames.js"
+import { validationError } from "../protocol/Validation.js"
+import type { Emit, Envelope, Incoming } from "./Envelope.js"
+import type { Upgraded } from "./WebSocketUpgrade.js"
+
+/** Frames waiting for the writer; beyond this a client is not reading its answers. */
+const OUTBOUND_CAPACITY = 1024
+/** Frames the writer takes per turn. */
+const WRITE_BATCH = 256
+
+interface InFlight {
+  fiber: Fiber.RuntimeFiber<void> | undefined
+  /** Set when the server stops the request on purpose; it becomes the request's error frame. */
+  stoppedBecause: AiBaseError | undefined
+  /** Set once the request's final frame is queued: nothing may follow it. */
+  finished: boolean
+}
+
+export interface ConnectionOptions {
+  readonly upgraded: Upgraded
+  readonly membership: Membership
+  readonly envelope: Envelope
+  readonly hub: Hub["Type"]
+  readonly config: AppConfigShape
+}
+
+const decodeCancel = Schema.decodeUnknownEither(CancelRequest)
+
+const cancelled = new CancelledError({ code: "cancelled", message: "The request was cancelled by the client" })
+const internal = new InternalError({ code: "internal_error", message: "The request failed unexpectedly" })
+const shuttingDown = new UnavailableError({
+  code: "shutting_down",
+  message: "The server is shutting down; the request was stopped. Retry on a new connection shortly"
+})
+
+export const run = Effect.fn("WsConnection")(function*(options: ConnectionOptions) {
+  const { config, envelope, hub, membership } = options
+  const { raw, socket } = options.upgraded
+  const limits = config.limits
+  const write = yield* socket.writer
+  const outbound = yield* Queue.bounded<string | Socket.CloseEvent>(OUTBOUND_CAPACITY)
+  const requests = new Map<string, InFlight>()
+  const fibers = yield* FiberSet.make()
+  const fork = yield* FiberSet.runtime(fibers)<never>()
+
+  /** Drops a client that will not read: closing politely would need it to read. */
+  const dropSlowClient = (why: string) =>
+    Effect.logWarning("Dropping a client that is not reading its responses").pipe(
+      Effect.annotateLogs({ reason: why }),
+      Effect.zipRight(Effect.sync(() => raw.terminate()))
+    )
+
+  /** Queues a frame from the synchronous read path. */
+  const send = (frame: string): void => {
+    if (!Queue.unsafeOffer(outbound, frame)) {
+      fork(dropSlowClient("outbound queue full"))
+    }
+  }
+
+  const sendError = (requestId: string | null, error: AiBaseError): void => send(envelope.encodeError(requestId, error))
+
+  // The writer: one fiber, so frames keep their order and ws never buffers
+  // more than WS_MAX_BUFFERED_BYTES for a client.
+  const waitUntilDrained = Effect.sleep(Duration.millis(10)).pipe(
+    Effect.repeat({ until: () => raw.bufferedAmount <= limits.maxBufferedBytes / 2 }),
+    Effect.timeoutFail({
+      duration: config.server.writeTimeout,
+      onTimeout: () => `nothing read for ${Duration.format(config.server.writeTimeout)}`
+    })
+  )
+  yield* Effect.gen(function*() {
+    const frames = yield* Queue.takeBetween(outbound, 1, WRITE_BATCH)
+    for (const frame of frames) yield* write(frame)
+    if (raw.bufferedAmount > limits.maxBufferedBytes) yield* waitUntilDrained
+  }).pipe(
+    Effect.forever,
+    Effect.catchAll((why) => typeof why === "string" ? dropSlowClient(why) : Effect.void),
+    Effect.forkScoped
+  )
+
+  const start = (incoming: Incoming, run: (emit: Emit) => Effect.Effect<void, AiBaseError>): void => {
+    const { requestId } = incoming
+    const entry: InFlight = { fiber: undefined, stoppedBecause: undefined, finished: false }
+    const emit: Emit = (frame, final) =>
+      final
+        ? Effect.uninterruptibleMask((restore) =>
+          restore(Queue.offer(outbound, frame)).pipe(Effect.zipRight(Effect.sync(() => {
+            entry.finished = true
+          })))
+        )
+        : Queue.offer(outbound, frame)
+    const program = hub.track(run(emit)).pipe(
+      Effect.catchAll((error) => emit(envelope.encodeError(requestId, error), true)),
+      Effect.catchAllDefect((defect) =>
+        Effect.logError("Request failed unexpectedly", defect).pipe(
+          Effect.zipRight(emit(envelope.encodeError(requestId, internal), true))
+        )
+      ),
+      Effect.onInterrupt(() =>
+        Effect.sync(() => {
+          // Finalizers cannot wait for queue space, so this frame takes the non-blocking path.
+          if (entry.stoppedBecause !== undefined && !entry.finished) {
+            entry.finished = true
+            sendError(requestId, entry.stoppedBecause)
+          }
+        })
+      ),
+      Effect.ensuring(Effect.sync(() => {
+        if (requests.get(requestId) === entry) requests.delete(requestId)
+      })),
+      Effect.annotateLogs({ request_id: requestId, request_type: incoming.type })
+    )
+    // The entry goes in first: a request can finish synchronously inside fork.
+    requests.set(requestId, entry)
+    entry.fiber = fork(program)
+  }
+
+  const cancel = (incoming: Incoming): void => {
+    const target = decodeCancel(incoming.payload)
+    if (Either.isLeft(target)) {
+      return sendError(incoming.requestId, validationError("invalid_payload", target.left, ["payload"]))
+    }
+    const targetId = target.right.request_id
+    const entry = requests.get(targetId)
+    const respond = (wasCancelled: boolean) =>
+      send(envelope.encodeCancelResponse(incoming.requestId, { request_id: targetId, cancelled: wasCancelled }))
+    if (entry === undefined || entry.fiber === undefined || entry.finished || entry.stoppedBecause !== undefined) {
+      return respond(false)
+    }
+    entry.stoppedBecause = cancelled
+    fork(Fiber.interrupt(entry.fiber).pipe(Effect.zipRight(Effect.sync(() => respond(true)))))
+  }
+
+  const onFrame = (data: string | Uint8Array): void => {
+    if (typeof data !== "string") {
+      return sendError(null, new ValidationError({ code: "binary_frame", message: "Send requests as JSON text frames" }))
+    }
+    const read = envelope.read(data)
+    if (Either.isLeft(read)) return sendError(read.left.requestId, read.left.error)
+    const incoming = read.right
+    if (incoming.type === "cancel") return cancel(incoming)
+    if (requests.has(incoming.requestId)) {
+      return sendError(
+        incoming.requestId,
+        new ValidationError({
+          code: "duplicate_request_id",
+          message: `A request with request_id "${incoming.requestId}" is still in flight on this connection`
+        })
+      )
+    }
+    if (requests.size >= limits.maxInFlight) {
+      return sendError(
+        incoming.requestId,
+        new OverloadedError({
+          code: "too_many_in_flight",
+          message: `This connection already has ${limits.maxInFlight} requests in flight; wait for one to finish`
+        })
+      )
+    }
+    const route = envelope.routes.get(incoming.type)
+    if (route !== undefined) start(incoming, (emit) => route.run(incoming.requestId, incoming.payload, emit))
+  }
+
+  // Server shutdown: stop what still runs (each gets an `unavailable` frame), then close with 1001.
+  yield* Deferred.await(membership.shutdown).pipe(
+    Effect.zipRight(Effect.suspend(() => {
+      const running = [...requests.values()].filter((entry) => !entry.finished)
+      for (const entry of running) entry.stoppedBecause ??= shuttingDown
+      return Effect.forEach(running, (entry) => entry.fiber ? Fiber.interrupt(entry.fiber) : Effect.void, {
+        concurrency: "unbounded",
+        discard: true
+      })
+    })),
+    Effect.zipRight(Queue.offer(outbound, new Socket.CloseEvent(1001, "server shutting down"))),
+    Effect.forkScoped
+  )
+
+  yield* socket.runRaw(onFrame).pipe(Effect.ignore)
+})
