@@ -1,0 +1,57 @@
+/**
+ * The real AIBase server for integration tests: the production Layers on a
+ * random loopback port, with the model provider and configuration chosen by
+ * the test.
+ */
+import { HttpServer } from "@effect/platform"
+import { Effect, Layer } from "effect"
+import { AppConfig } from "../../src/config/AppConfig.js"
+import * as Logging from "../../src/config/Logging.js"
+import { Hub } from "../../src/hub/Hub.js"
+import * as OfflineModel from "../../src/openai/OfflineModel.js"
+import type { OpenAi } from "../../src/openai/OpenAi.js"
+import * as OpenAiSdk from "../../src/openai/OpenAiSdk.js"
+import * as AiBaseServer from "../../src/server/AiBaseServer.js"
+import { FakeOpenAIService } from "./FakeOpenAI.js"
+
+export const TEST_API_KEY = "sk-test-0123456789abcdefSECRET"
+
+export interface Options {
+  readonly env?: Record<string, string>
+  /** The model provider (default: the offline model). */
+  readonly openai?: Layer.Layer<OpenAi, never, AppConfig>
+}
+
+/** The server; its output includes HttpServer (for the port) and the services. */
+export const layer = (options: Options = {}) =>
+  AiBaseServer.layerServer.pipe(
+    Layer.provideMerge(Layer.mergeAll(Hub.layer, AiBaseServer.layerTools, options.openai ?? OfflineModel.layer)),
+    Layer.provide(Logging.layer),
+    Layer.provideMerge(AppConfig.layerFromEnv({
+      SERVER_HOST: "127.0.0.1",
+      SERVER_PORT: "0",
+      OFFLINE_WORD_DELAY_MS: "0",
+      LOG_LEVEL: "error",
+      ...options.env
+    })),
+    Layer.orDie
+  )
+
+/** The server against a fake OpenAI upstream (provided too, for scripting it). */
+export const layerWithFakeUpstream = (env: Record<string, string> = {}) =>
+  Layer.unwrapEffect(Effect.map(FakeOpenAIService, (fake) =>
+    layer({
+      env: {
+        OPENAI_API_KEY: TEST_API_KEY,
+        OPENAI_BASE_URL: fake.baseUrl,
+        OPENAI_MAX_RETRIES: "0",
+        ...env
+      },
+      openai: OpenAiSdk.layer
+    }))).pipe(Layer.provideMerge(FakeOpenAIService.Default))
+
+/** The server's base URLs. */
+export const urls = Effect.map(HttpServer.HttpServer, (server) => {
+  const port = server.address._tag === "TcpAddress" ? server.address.port : 0
+  return { http: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}/ws`, port }
+})

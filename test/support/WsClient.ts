@@ -1,0 +1,116 @@
+/**
+ * A real WebSocket client (the `ws` package) for integration tests, with
+ * helpers to wait for the frames of a request.
+ */
+import { Data, Deferred, Duration, Effect, FiberId, type Scope } from "effect"
+import WebSocket from "ws"
+import type { ClientFrame, ServerFrame } from "../../src/protocol/Frames.js"
+
+export class WsClientError extends Data.TaggedError("WsClientError")<{ readonly message: string }> {}
+
+export interface Closed {
+  readonly code: number
+  readonly reason: string
+}
+
+export interface WsClient {
+  readonly raw: WebSocket
+  /** Every frame received so far, in order. */
+  readonly frames: ReadonlyArray<ServerFrame>
+  readonly send: (frame: ClientFrame | string) => void
+  /** Waits for a frame (already received or future) that satisfies `predicate`. */
+  readonly waitFor: <F extends ServerFrame>(
+    predicate: (frame: ServerFrame) => frame is F,
+    timeout?: Duration.DurationInput
+  ) => Effect.Effect<F, WsClientError>
+  /** Waits for the final frame of `requestId` and returns all its frames. */
+  readonly collect: (requestId: string, timeout?: Duration.DurationInput) => Effect.Effect<ReadonlyArray<ServerFrame>, WsClientError>
+  /** Sends a request and returns its frames, up to its final one. */
+  readonly request: (frame: ClientFrame, timeout?: Duration.DurationInput) => Effect.Effect<ReadonlyArray<ServerFrame>, WsClientError>
+  readonly closed: Effect.Effect<Closed>
+  readonly close: (code?: number) => Effect.Effect<Closed>
+}
+
+/** Whether a frame is the last one its request gets. */
+export const isFinal = (frame: ServerFrame): boolean =>
+  frame.type === "error" || frame.type === "pong" || frame.type === "chat_completion_stream_end" ||
+  frame.type.endsWith("_response")
+
+export const frameOf = <T extends ServerFrame["type"]>(type: T, requestId?: string) =>
+(frame: ServerFrame): frame is Extract<ServerFrame, { readonly type: T }> =>
+  frame.type === type && (requestId === undefined || frame.request_id === requestId)
+
+const DEFAULT_TIMEOUT = Duration.seconds(10)
+
+export const connect = (
+  url: string,
+  options: { readonly headers?: Record<string, string> } = {}
+): Effect.Effect<WsClient, WsClientError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.async<WsClient, WsClientError>((resume) => {
+      const raw = new WebSocket(url, { headers: options.headers ?? {} })
+      const frames: Array<ServerFrame> = []
+      const listeners = new Set<() => void>()
+      const closed = Deferred.unsafeMake<Closed>(FiberId.none)
+      raw.on("message", (data) => {
+        // The tests assert on the shapes; the type only spares them the narrowing.
+        frames.push(JSON.parse(data.toString()) as ServerFrame)
+        for (const listener of listeners) listener()
+      })
+      raw.on("close", (code, reason) => {
+        Deferred.unsafeDone(closed, Effect.succeed({ code, reason: reason.toString() }))
+        for (const listener of listeners) listener()
+      })
+      raw.on("unexpected-response", (_req, res) => {
+        resume(Effect.fail(new WsClientError({ message: `upgrade refused with HTTP ${res.statusCode}` })))
+      })
+      raw.on("error", (error) => resume(Effect.fail(new WsClientError({ message: error.message }))))
+
+      const waitFor = <F extends ServerFrame>(predicate: (frame: ServerFrame) => frame is F, timeout: Duration.DurationInput = DEFAULT_TIMEOUT) =>
+        Effect.async<F, WsClientError>((resume) => {
+          const check = () => {
+            const found = frames.find(predicate)
+            if (found !== undefined) {
+              listeners.delete(check)
+              resume(Effect.succeed(found))
+            }
+          }
+          listeners.add(check)
+          check()
+          return Effect.sync(() => listeners.delete(check))
+        }).pipe(
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () => new WsClientError({ message: `no matching frame within ${Duration.format(timeout)}` })
+          })
+        )
+
+      const collect = (requestId: string, timeout?: Duration.DurationInput) =>
+        waitFor((frame): frame is ServerFrame => frame.request_id === requestId && isFinal(frame), timeout).pipe(
+          Effect.map(() => frames.filter((frame) => frame.request_id === requestId))
+        )
+
+      const client: WsClient = {
+        raw,
+        frames,
+        send: (frame) => raw.send(typeof frame === "string" ? frame : JSON.stringify(frame)),
+        waitFor,
+        collect,
+        request: (frame, timeout) =>
+          Effect.suspend(() => {
+            raw.send(JSON.stringify(frame))
+            return collect(frame.request_id, timeout)
+          }),
+        closed: Deferred.await(closed),
+        close: (code) =>
+          Effect.suspend(() => {
+            if (raw.readyState === WebSocket.OPEN || raw.readyState === WebSocket.CONNECTING) {
+              code === undefined ? raw.close() : raw.close(code)
+            }
+            return Deferred.await(closed)
+          })
+      }
+      raw.on("open", () => resume(Effect.succeed(client)))
+    }),
+    (client) => Effect.sync(() => client.raw.terminate())
+  )
