@@ -44,11 +44,15 @@ const DEFAULT_TIMEOUT = Duration.seconds(10)
 
 export const connect = (
   url: string,
-  options: { readonly headers?: Record<string, string> } = {}
+  options: {
+    readonly headers?: Record<string, string>
+    /** Answer the server's pings (default true); false makes the client look dead. */
+    readonly autoPong?: boolean
+  } = {}
 ): Effect.Effect<WsClient, WsClientError, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<WsClient, WsClientError>((resume) => {
-      const raw = new WebSocket(url, { headers: options.headers ?? {} })
+      const raw = new WebSocket(url, { headers: options.headers ?? {}, autoPong: options.autoPong ?? true })
       const frames: Array<ServerFrame> = []
       const listeners = new Set<() => void>()
       const closed = Deferred.unsafeMake<Closed>(FiberId.none)
