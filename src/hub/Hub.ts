@@ -37,14 +37,18 @@ export interface Stats {
 export class Hub extends Context.Tag("aibase/Hub")<Hub, {
   /** Admits a connection for the lifetime of the current scope. */
   readonly connect: (transport: Transport) => Effect.Effect<Membership, ConnectionRefused, Scope.Scope>
-  /** Runs a request, counted as in flight; fails with `unavailable` once draining has begun. */
+  /**
+   * Runs a request, counted as in flight. Fails with `unavailable` when
+   * draining has begun, and stops it (failing the same way) if it still runs
+   * when the grace period ends.
+   */
   readonly track: <A, E, R>(request: Effect.Effect<A, E, R>) => Effect.Effect<A, E | UnavailableError, R>
   readonly stats: Effect.Effect<Stats>
   readonly isDraining: Effect.Effect<boolean>
   /**
    * Begins the graceful shutdown: refuses new connections and requests, waits
-   * up to `grace` for in-flight requests, then signals every connection to
-   * close and waits briefly for them to go.
+   * up to `grace` for in-flight requests, stops those still running, then
+   * signals every connection to close and waits briefly for them to go.
    */
   readonly drain: (grace: Duration.DurationInput) => Effect.Effect<void>
 }>() {
@@ -55,12 +59,19 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
     const inFlight = yield* SubscriptionRef.make(0)
     const members = new Map<number, { readonly transport: Transport; readonly membership: Membership }>()
     const clientCount = yield* SubscriptionRef.make(0)
+    /** Completes when the grace period is over: requests still running are stopped. */
+    const graceOver = yield* Deferred.make<void>()
     let nextId = 0
 
-    const unavailable = new UnavailableError({
+    const refused = new UnavailableError({
       code: "shutting_down",
       message: "The server is shutting down; retry on a new connection shortly"
     })
+    const stopped = new UnavailableError({
+      code: "shutting_down",
+      message: "The server is shutting down and stopped this request; retry on a new connection shortly"
+    })
+    const stopWhenGraceIsOver = Deferred.await(graceOver).pipe(Effect.zipRight(Effect.fail(stopped)))
 
     const connect = (transport: Transport) =>
       Effect.acquireRelease(
@@ -82,10 +93,10 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
     const track = <A, E, R>(request: Effect.Effect<A, E, R>): Effect.Effect<A, E | UnavailableError, R> =>
       Effect.acquireUseRelease(
         Ref.get(draining).pipe(
-          Effect.filterOrFail((isDraining) => !isDraining, () => unavailable),
+          Effect.filterOrFail((isDraining) => !isDraining, () => refused),
           Effect.zipRight(SubscriptionRef.update(inFlight, (n) => n + 1))
         ),
-        () => request,
+        () => Effect.raceFirst(request, stopWhenGraceIsOver),
         () => SubscriptionRef.update(inFlight, (n) => n - 1)
       )
 
@@ -121,6 +132,9 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
           yield* Effect.logWarning("Grace period over; stopping the requests still running").pipe(
             Effect.annotateLogs({ in_flight: yield* SubscriptionRef.get(inFlight) })
           )
+          yield* Deferred.succeed(graceOver, undefined)
+          // Stopping aborts upstream calls and queues error frames; give it a moment.
+          yield* awaitZero(inFlight, Duration.seconds(1))
         }
         for (const { membership } of members.values()) {
           yield* Deferred.succeed(membership.shutdown, undefined)

@@ -140,10 +140,8 @@ export const AiBaseError = Schema.Union(
 )
 export type AiBaseError = typeof AiBaseError.Type
 
-export type ErrorCategory = AiBaseError["category"]
-
-/** The categories in the order the protocol documents them. */
-export const errorCategories: ReadonlyArray<ErrorCategory> = [
+/** The categories, in the order the protocol documents them. */
+export const ErrorCategory = Schema.Literal(
   "validation",
   "authentication",
   "permission",
@@ -155,6 +153,10 @@ export const errorCategories: ReadonlyArray<ErrorCategory> = [
   "overloaded",
   "unavailable",
   "internal"
-]
+)
+export type ErrorCategory = typeof ErrorCategory.Type
+
+// Every error class names one of the categories.
+const _categoriesMatch: AiBaseError["category"] extends ErrorCategory ? true : never = true
 
 export const isAiBaseError: (u: unknown) => u is AiBaseError = Schema.is(AiBaseError)

@@ -5,7 +5,7 @@
  */
 import type { Rpc } from "@effect/rpc"
 import { Schema } from "effect"
-import { type AiBaseError, errorCategories } from "./Errors.js"
+import { type AiBaseError, ErrorCategory } from "./Errors.js"
 import type { AiBaseRpc, ChatStreamEvent } from "./Rpcs.js"
 import { WireNames } from "./Rpcs.js"
 
@@ -23,8 +23,6 @@ export const CANCEL = "cancel"
 export const CANCEL_RESPONSE = "cancel_response"
 export const CancelRequest = Schema.Struct({ request_id: RequestId })
 export const CancelResponse = Schema.Struct({ request_id: Schema.String, cancelled: Schema.Boolean })
-
-export const ErrorCategory = Schema.Literal(...errorCategories)
 
 export const ErrorFrame = Schema.Struct({
   type: Schema.Literal("error"),
@@ -49,13 +47,16 @@ export const errorFrame = (requestId: string | null, error: AiBaseError): ErrorF
 type Names = typeof WireNames
 type RpcOf<Tag extends AiBaseRpc["_tag"]> = Extract<AiBaseRpc, { readonly _tag: Tag }>
 
+/** Requests without a payload (ping, tools_list) accept an empty object. */
+type PayloadOf<P> = [P] extends [void] ? Record<string, never> : P
+
 /** A request frame as a client writes it. */
 export type ClientFrame =
   | {
     [Tag in keyof Names]: {
       readonly type: Names[Tag]["request"]
       readonly request_id: string
-      readonly payload?: Schema.Schema.Encoded<RpcOf<Tag>["payloadSchema"]>
+      readonly payload?: PayloadOf<Schema.Schema.Encoded<RpcOf<Tag>["payloadSchema"]>>
     }
   }[keyof Names]
   | { readonly type: typeof CANCEL; readonly request_id: string; readonly payload: typeof CancelRequest.Encoded }

@@ -17,14 +17,15 @@ import * as BuiltinTools from "../tools/builtin/BuiltinTools.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
 import * as Auth from "./Auth.js"
 import * as HttpRoutes from "./HttpRoutes.js"
+import * as RpcRoute from "./RpcRoute.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 import * as WsRoute from "./WsRoute.js"
 
 /**
- * Every AIBase route (/ws, /health, /info) plus the auth middleware, for an
- * HttpRouter. Needs AppConfig, Hub, OpenAi and ToolRegistry.
+ * Every AIBase route (/ws, /rpc, /health, /info) plus the auth middleware,
+ * for an HttpRouter. Needs AppConfig, Hub, OpenAi and ToolRegistry.
  */
-export const routes = Layer.mergeAll(WsRoute.layer, HttpRoutes.layer, Auth.layer).pipe(
+export const routes = Layer.mergeAll(WsRoute.layer, RpcRoute.layer, HttpRoutes.layer, Auth.layer).pipe(
   Layer.provide([Handlers.layer, WebSocketUpgrade.layer])
 )
 
@@ -50,19 +51,28 @@ export const layerHttpServer = Layer.unwrapEffect(Effect.map(AppConfig, (config)
 }))
 
 /**
- * Logs the start, and drains on shutdown. Built after the server is
- * listening, so its finalizer runs before the server stops listening:
- * /health can answer 503 and in-flight requests can finish.
+ * Drains the Hub when the server shuts down (see `Hub.drain`). It needs the
+ * HttpServer so that it is built after the server listens and released
+ * before the server stops listening: /health answers 503 and in-flight
+ * requests can finish meanwhile. Apps that mount `routes` in their own
+ * server add this next to it.
  */
-const lifecycle = Layer.scopedDiscard(Effect.gen(function*() {
+export const layerGracefulShutdown: Layer.Layer<never, never, HttpServer.HttpServer | AppConfig | Hub> = Layer
+  .scopedDiscard(Effect.gen(function*() {
+    yield* HttpServer.HttpServer
+    const config = yield* AppConfig
+    const hub = yield* Hub
+    yield* Effect.addFinalizer(() => hub.drain(config.server.shutdownGrace))
+  }))
+
+const logStartup = Layer.effectDiscard(Effect.gen(function*() {
   const server = yield* HttpServer.HttpServer
   const config = yield* AppConfig
-  const hub = yield* Hub
   const openai = yield* OpenAi
   const address = server.address._tag === "TcpAddress"
     ? `http://${server.address.hostname}:${server.address.port}`
     : server.address.path
-  yield* Effect.logInfo(`AIBase listening on ${address} (WebSocket: ${WsRoute.PATH})`).pipe(
+  yield* Effect.logInfo(`AIBase listening on ${address} (WebSocket: ${WsRoute.PATH}, RPC: ${RpcRoute.PATH})`).pipe(
     Effect.annotateLogs({ provider: openai.provider, model: config.openai.model })
   )
   if (openai.provider === "offline") {
@@ -70,11 +80,10 @@ const lifecycle = Layer.scopedDiscard(Effect.gen(function*() {
       "Using the built-in offline model: replies are canned. Set OPENAI_API_KEY (or LLM_PROVIDER) for a real model"
     )
   }
-  yield* Effect.addFinalizer(() => hub.drain(config.server.shutdownGrace))
 }))
 
 /** The server with its routes; needs AppConfig, Hub, OpenAi and ToolRegistry. */
-export const layerServer = lifecycle.pipe(
+export const layerServer = Layer.mergeAll(layerGracefulShutdown, logStartup).pipe(
   Layer.provideMerge(HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })),
   Layer.provideMerge(layerHttpServer)
 )

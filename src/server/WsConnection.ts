@@ -13,7 +13,7 @@ import { Socket } from "@effect/platform"
 import { Deferred, Duration, Effect, Either, Fiber, FiberSet, Queue, Schema } from "effect"
 import type { AppConfigShape } from "../config/AppConfig.js"
 import type { Hub, Membership } from "../hub/Hub.js"
-import { type AiBaseError, CancelledError, InternalError, OverloadedError, UnavailableError, ValidationError } from "../protocol/Errors.js"
+import { type AiBaseError, CancelledError, InternalError, OverloadedError, ValidationError } from "../protocol/Errors.js"
 import { CancelRequest } from "../protocol/Frames.js"
 import { validationError } from "../protocol/Validation.js"
 import type { Emit, Envelope, Incoming } from "./Envelope.js"
@@ -26,8 +26,8 @@ const WRITE_BATCH = 256
 
 interface InFlight {
   fiber: Fiber.RuntimeFiber<void> | undefined
-  /** Set when the server stops the request on purpose; it becomes the request's error frame. */
-  stoppedBecause: AiBaseError | undefined
+  /** Set when the client cancels the request; it becomes the request's error frame. */
+  cancelled: boolean
   /** Set once the request's final frame is queued: nothing may follow it. */
   finished: boolean
 }
@@ -44,10 +44,6 @@ const decodeCancel = Schema.decodeUnknownEither(CancelRequest)
 
 const cancelled = new CancelledError({ code: "cancelled", message: "The request was cancelled by the client" })
 const internal = new InternalError({ code: "internal_error", message: "The request failed unexpectedly" })
-const shuttingDown = new UnavailableError({
-  code: "shutting_down",
-  message: "The server is shutting down; the request was stopped. Retry on a new connection shortly"
-})
 
 export const run = Effect.fn("WsConnection")(function*(options: ConnectionOptions) {
   const { config, envelope, hub, membership } = options
@@ -96,7 +92,7 @@ export const run = Effect.fn("WsConnection")(function*(options: ConnectionOption
 
   const start = (incoming: Incoming, run: (emit: Emit) => Effect.Effect<void, AiBaseError>): void => {
     const { requestId } = incoming
-    const entry: InFlight = { fiber: undefined, stoppedBecause: undefined, finished: false }
+    const entry: InFlight = { fiber: undefined, cancelled: false, finished: false }
     const emit: Emit = (frame, final) =>
       final
         ? Effect.uninterruptibleMask((restore) =>
@@ -106,7 +102,7 @@ export const run = Effect.fn("WsConnection")(function*(options: ConnectionOption
         )
         : Queue.offer(outbound, frame)
     const program = hub.track(run(emit)).pipe(
-      Effect.catchAll((error) => emit(envelope.encodeError(requestId, error), true)),
+      Effect.catchAll((error) => entry.finished ? Effect.void : emit(envelope.encodeError(requestId, error), true)),
       Effect.catchAllDefect((defect) =>
         Effect.logError("Request failed unexpectedly", defect).pipe(
           Effect.zipRight(emit(envelope.encodeError(requestId, internal), true))
@@ -115,9 +111,9 @@ export const run = Effect.fn("WsConnection")(function*(options: ConnectionOption
       Effect.onInterrupt(() =>
         Effect.sync(() => {
           // Finalizers cannot wait for queue space, so this frame takes the non-blocking path.
-          if (entry.stoppedBecause !== undefined && !entry.finished) {
+          if (entry.cancelled && !entry.finished) {
             entry.finished = true
-            sendError(requestId, entry.stoppedBecause)
+            sendError(requestId, cancelled)
           }
         })
       ),
@@ -140,10 +136,10 @@ export const run = Effect.fn("WsConnection")(function*(options: ConnectionOption
     const entry = requests.get(targetId)
     const respond = (wasCancelled: boolean) =>
       send(envelope.encodeCancelResponse(incoming.requestId, { request_id: targetId, cancelled: wasCancelled }))
-    if (entry === undefined || entry.fiber === undefined || entry.finished || entry.stoppedBecause !== undefined) {
+    if (entry === undefined || entry.fiber === undefined || entry.finished || entry.cancelled) {
       return respond(false)
     }
-    entry.stoppedBecause = cancelled
+    entry.cancelled = true
     fork(Fiber.interrupt(entry.fiber).pipe(Effect.zipRight(Effect.sync(() => respond(true)))))
   }
 
@@ -177,16 +173,9 @@ export const run = Effect.fn("WsConnection")(function*(options: ConnectionOption
     if (route !== undefined) start(incoming, (emit) => route.run(incoming.requestId, incoming.payload, emit))
   }
 
-  // Server shutdown: stop what still runs (each gets an `unavailable` frame), then close with 1001.
+  // Server shutdown: the Hub has already stopped what still ran (its error
+  // frames are queued), so close after them with 1001.
   yield* Deferred.await(membership.shutdown).pipe(
-    Effect.zipRight(Effect.suspend(() => {
-      const running = [...requests.values()].filter((entry) => !entry.finished)
-      for (const entry of running) entry.stoppedBecause ??= shuttingDown
-      return Effect.forEach(running, (entry) => entry.fiber ? Fiber.interrupt(entry.fiber) : Effect.void, {
-        concurrency: "unbounded",
-        discard: true
-      })
-    })),
     Effect.zipRight(Queue.offer(outbound, new Socket.CloseEvent(1001, "server shutting down"))),
     Effect.forkScoped
   )

@@ -1,0 +1,37 @@
+/**
+ * AIBase's public API: the services and their Layers, the RpcGroup and its
+ * schemas, the tool-definition helper, the error classes and the /ws
+ * protocol types. Everything else in src/ is internal.
+ *
+ * @example
+ * ```ts
+ * import { AiBaseServer, AppConfig, DotEnv } from "aibase"
+ * Layer.launch(AiBaseServer.layer.pipe(Layer.provide(AppConfig.layer), Layer.provide(DotEnv.layer())))
+ * ```
+ */
+
+// configuration
+export { AppConfig, type AppConfigShape } from "./config/AppConfig.js"
+export * as DotEnv from "./config/DotEnv.js"
+export * as Logging from "./config/Logging.js"
+
+// services
+export { ConnectionRefused, Hub, type Membership, type Stats, type Transport } from "./hub/Hub.js"
+export * as OfflineModel from "./openai/OfflineModel.js"
+export { OpenAi } from "./openai/OpenAi.js"
+export * as OpenAiSdk from "./openai/OpenAiSdk.js"
+export * as Provider from "./openai/Provider.js"
+export * as BuiltinTools from "./tools/builtin/BuiltinTools.js"
+export * as Tool from "./tools/Tool.js"
+export { ToolRegistry } from "./tools/ToolRegistry.js"
+
+// the server
+export * as AiBaseServer from "./server/AiBaseServer.js"
+
+// protocol
+export * from "./protocol/Chat.js"
+export * from "./protocol/Embedding.js"
+export * from "./protocol/Errors.js"
+export * from "./protocol/Frames.js"
+export * from "./protocol/Rpcs.js"
+export * from "./protocol/Tools.js"

@@ -1,0 +1,139 @@
+/**
+ * GET /rpc: the RpcGroup served natively by @effect/rpc over WebSocket
+ * (JSON serialization), next to /ws on the same server and with the same
+ * handlers, auth, limits, Hub accounting and shutdown.
+ *
+ * Upgrades go through `WebSocketUpgrade` (frame limit, heartbeat), and the
+ * upgraded sockets are handed to RpcServer's socket protocol through a
+ * `SocketServer` fed by this route. A wrapping middleware counts each
+ * request with the Hub and bounds the requests in flight per connection.
+ * Cancelling is native: an RpcClient interrupts its fiber.
+ */
+import { HttpLayerRouter, HttpServerRequest, HttpServerResponse, type Socket, SocketServer } from "@effect/platform"
+import { RpcMiddleware, RpcSerialization, RpcServer } from "@effect/rpc"
+import { Context, Deferred, Duration, Effect, Layer, Schedule } from "effect"
+import type { WebSocket } from "ws"
+import { AppConfig } from "../config/AppConfig.js"
+import { Hub } from "../hub/Hub.js"
+import { AiBaseError, OverloadedError } from "../protocol/Errors.js"
+import { AiBaseRpcs } from "../protocol/Rpcs.js"
+import * as Handlers from "../rpc/Handlers.js"
+import { notUpgradable, upgradeProblem, WebSocketUpgrade } from "./WebSocketUpgrade.js"
+import { refused } from "./WsRoute.js"
+
+export const PATH = "/rpc"
+
+/** Counts every /rpc request with the Hub and limits those in flight per connection. */
+export class RequestGuard extends RpcMiddleware.Tag<RequestGuard>()("aibase/RequestGuard", {
+  wrap: true,
+  failure: AiBaseError
+}) {}
+
+const layerRequestGuard = Layer.effect(
+  RequestGuard,
+  Effect.gen(function*() {
+    const hub = yield* Hub
+    const { maxInFlight } = (yield* AppConfig).limits
+    const inFlight = new Map<number, number>()
+    const overloaded = new OverloadedError({
+      code: "too_many_in_flight",
+      message: `This connection already has ${maxInFlight} requests in flight; wait for one to finish`
+    })
+    const release = (clientId: number) =>
+      Effect.sync(() => {
+        const remaining = (inFlight.get(clientId) ?? 1) - 1
+        if (remaining > 0) inFlight.set(clientId, remaining)
+        else inFlight.delete(clientId)
+      })
+    return RequestGuard.of(({ clientId, next }) =>
+      Effect.suspend(() => {
+        const count = inFlight.get(clientId) ?? 0
+        if (count >= maxInFlight) return Effect.fail(overloaded)
+        inFlight.set(clientId, count + 1)
+        return hub.track(next).pipe(Effect.ensuring(release(clientId)))
+      })
+    )
+  })
+)
+
+/** The sockets this route upgrades, as a SocketServer for RpcServer's socket protocol. */
+class RpcSockets extends Context.Tag("aibase/RpcSockets")<RpcSockets, {
+  /** Serves one upgraded socket until it closes. */
+  readonly serve: (socket: Socket.Socket) => Effect.Effect<void>
+}>() {}
+
+const layerSockets = Layer.effectContext(Effect.gen(function*() {
+  const handler = yield* Deferred.make<(socket: Socket.Socket) => Effect.Effect<void>>()
+  const server = SocketServer.SocketServer.of({
+    address: { _tag: "UnixAddress", path: PATH },
+    run: (handle) =>
+      Effect.gen(function*() {
+        const context = yield* Effect.context<Effect.Effect.Context<ReturnType<typeof handle>>>()
+        yield* Deferred.succeed(handler, (socket) =>
+          handle(socket).pipe(
+            Effect.provide(context),
+            Effect.catchAllCause((cause) => Effect.logDebug("RPC socket ended with an error", cause))
+          ))
+        return yield* Effect.never
+      })
+  })
+  const sockets = RpcSockets.of({
+    serve: (socket) => Effect.flatMap(Deferred.await(handler), (serve) => serve(socket))
+  })
+  return Context.make(SocketServer.SocketServer, server).pipe(Context.add(RpcSockets, sockets))
+}))
+
+/** Drops a client that has not read its answers for SERVER_WRITE_TIMEOUT (ws buffers without limit). */
+const dropWhenNotReading = (raw: WebSocket, maxBufferedBytes: number, writeTimeout: Duration.Duration) =>
+  Effect.suspend(() => {
+    let overSince: number | undefined
+    return Effect.sync(() => {
+      if (raw.bufferedAmount <= maxBufferedBytes) {
+        overSince = undefined
+        return
+      }
+      const now = Date.now()
+      overSince ??= now
+      if (now - overSince >= Duration.toMillis(writeTimeout)) raw.terminate()
+    }).pipe(Effect.repeat(Schedule.spaced(Duration.millis(250))))
+  })
+
+const route = Layer.effectDiscard(Effect.gen(function*() {
+  const router = yield* HttpLayerRouter.HttpRouter
+  const config = yield* AppConfig
+  const hub = yield* Hub
+  const upgrader = yield* WebSocketUpgrade
+  const sockets = yield* RpcSockets
+
+  yield* router.add(
+    "GET",
+    PATH,
+    Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const problem = upgradeProblem(request)
+      if (problem !== undefined) return notUpgradable(problem)
+      const membership = yield* hub.connect("rpc")
+      const { raw, socket } = yield* upgrader.upgrade(request)
+      yield* Deferred.await(membership.shutdown).pipe(
+        Effect.zipRight(Effect.sync(() => raw.close(1001, "server shutting down"))),
+        Effect.forkScoped
+      )
+      yield* dropWhenNotReading(raw, config.limits.maxBufferedBytes, config.server.writeTimeout).pipe(Effect.forkScoped)
+      yield* sockets.serve(socket)
+      return HttpServerResponse.empty()
+    }).pipe(
+      Effect.scoped,
+      Effect.catchTag("ConnectionRefused", (error) => Effect.succeed(refused(error))),
+      Effect.annotateLogs({ transport: "rpc" })
+    )
+  )
+}))
+
+/** The /rpc route and the RpcServer behind it. Needs the same services as /ws. */
+export const layer = Layer.mergeAll(
+  route,
+  RpcServer.layer(AiBaseRpcs.middleware(RequestGuard), { disableTracing: true }).pipe(
+    Layer.provide([RpcServer.layerProtocolSocketServer, layerRequestGuard, Handlers.layer]),
+    Layer.provide(RpcSerialization.layerJson)
+  )
+).pipe(Layer.provide(layerSockets))
