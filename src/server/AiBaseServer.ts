@@ -51,11 +51,10 @@ export const layerHttpServer = Layer.unwrapEffect(Effect.map(AppConfig, (config)
 }))
 
 /**
- * Drains the Hub when the server shuts down (see `Hub.drain`). It needs the
- * HttpServer so that it is built after the server listens and released
- * before the server stops listening: /health answers 503 and in-flight
- * requests can finish meanwhile. Apps that mount `routes` in their own
- * server add this next to it.
+ * Drains the Hub when the server shuts down (see `Hub.drain`). It must be
+ * released before the served app, so that /health answers 503 and in-flight
+ * requests can finish while the server still listens: build it after the
+ * app with `withGracefulShutdown`.
  */
 export const layerGracefulShutdown: Layer.Layer<never, never, HttpServer.HttpServer | AppConfig | Hub> = Layer
   .scopedDiscard(Effect.gen(function*() {
@@ -82,9 +81,18 @@ const logStartup = Layer.effectDiscard(Effect.gen(function*() {
   }
 }))
 
+/**
+ * Adds the graceful drain to a served app (the result of
+ * `HttpLayerRouter.serve`, mounting `routes` next to the app's own).
+ */
+export const withGracefulShutdown = <A, E, R>(served: Layer.Layer<A, E, R>) =>
+  layerGracefulShutdown.pipe(Layer.provideMerge(served))
+
 /** The server with its routes; needs AppConfig, Hub, OpenAi and ToolRegistry. */
-export const layerServer = Layer.mergeAll(layerGracefulShutdown, logStartup).pipe(
-  Layer.provideMerge(HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })),
+export const layerServer = withGracefulShutdown(
+  HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })
+).pipe(
+  Layer.merge(logStartup),
   Layer.provideMerge(layerHttpServer)
 )
 
