@@ -5,7 +5,7 @@
  * drain: refuse new work, let in-flight requests finish within the grace
  * period, then ask every connection to close.
  */
-import { Context, Data, Deferred, Duration, Effect, Layer, Ref, Scope, Stream, SubscriptionRef } from "effect"
+import { Context, Data, Deferred, Duration, Effect, type Fiber, FiberId, HashSet, Layer, Option, type Scope } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { UnavailableError } from "../protocol/Errors.js"
 
@@ -34,17 +34,33 @@ export interface Stats {
   readonly draining: boolean
 }
 
+/**
+ * Requests still running when the grace period ends are interrupted by this
+ * FiberId, so a transport can tell them apart from cancellations and
+ * disconnects and answer with an `unavailable` error.
+ */
+export const ShutdownFiberId: FiberId.FiberId = FiberId.make(-1001, 0)
+
+/** The error for a request the Hub stopped at shutdown. */
+export const stoppedAtShutdown = new UnavailableError({
+  code: "shutting_down",
+  message: "The server is shutting down and stopped this request; retry on a new connection shortly"
+})
+
+/** Whether an interruption came from the Hub stopping requests at shutdown. */
+export const isShutdown = (interruptors: HashSet.HashSet<FiberId.FiberId>): boolean =>
+  HashSet.has(interruptors, ShutdownFiberId)
+
 export class Hub extends Context.Tag("aibase/Hub")<Hub, {
   /** Admits a connection for the lifetime of the current scope. */
   readonly connect: (transport: Transport) => Effect.Effect<Membership, ConnectionRefused, Scope.Scope>
   /**
-   * Runs a request, counted as in flight. Fails with `unavailable` when
-   * draining has begun, and stops it (failing the same way) if it still runs
-   * when the grace period ends.
+   * Runs a request, counted as in flight. Fails with `unavailable` once
+   * draining has begun; a request still running when the grace period ends
+   * is interrupted by `ShutdownFiberId`.
    */
   readonly track: <A, E, R>(request: Effect.Effect<A, E, R>) => Effect.Effect<A, E | UnavailableError, R>
   readonly stats: Effect.Effect<Stats>
-  readonly isDraining: Effect.Effect<boolean>
   /**
    * Begins the graceful shutdown: refuses new connections and requests, waits
    * up to `grace` for in-flight requests, stops those still running, then
@@ -55,94 +71,77 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
   static readonly make = Effect.gen(function*() {
     const config = yield* AppConfig
     const maxConnections = config.limits.maxConnections
-    const draining = yield* Ref.make(false)
-    const inFlight = yield* SubscriptionRef.make(0)
     const members = new Map<number, { readonly transport: Transport; readonly membership: Membership }>()
-    const clientCount = yield* SubscriptionRef.make(0)
-    /** Completes when the grace period is over: requests still running are stopped. */
-    const graceOver = yield* Deferred.make<void>()
+    // The fibers running requests. Plain mutable state: it is touched on
+    // every request, and JavaScript runs one fiber step at a time.
+    const running = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
+    let draining = false
     let nextId = 0
 
     const refused = new UnavailableError({
       code: "shutting_down",
       message: "The server is shutting down; retry on a new connection shortly"
     })
-    const stopped = new UnavailableError({
-      code: "shutting_down",
-      message: "The server is shutting down and stopped this request; retry on a new connection shortly"
-    })
-    const stopWhenGraceIsOver = Deferred.await(graceOver).pipe(Effect.zipRight(Effect.fail(stopped)))
 
     const connect = (transport: Transport) =>
       Effect.acquireRelease(
-        Effect.gen(function*() {
-          if (yield* Ref.get(draining)) return yield* Effect.fail(new ConnectionRefused({ reason: "shutting_down" }))
-          if (members.size >= maxConnections) return yield* Effect.fail(new ConnectionRefused({ reason: "too_many_connections" }))
-          const membership: Membership = { id: ++nextId, shutdown: yield* Deferred.make<void>() }
-          members.set(membership.id, { transport, membership })
-          yield* SubscriptionRef.set(clientCount, members.size)
-          return membership
-        }),
-        (membership) =>
-          Effect.suspend(() => {
-            members.delete(membership.id)
-            return SubscriptionRef.set(clientCount, members.size)
+        Effect.suspend(() => {
+          if (draining) return Effect.fail(new ConnectionRefused({ reason: "shutting_down" }))
+          if (members.size >= maxConnections) return Effect.fail(new ConnectionRefused({ reason: "too_many_connections" }))
+          return Effect.map(Deferred.make<void>(), (shutdown) => {
+            const membership: Membership = { id: ++nextId, shutdown }
+            members.set(membership.id, { transport, membership })
+            return membership
           })
+        }),
+        (membership) => Effect.sync(() => members.delete(membership.id))
       )
 
     const track = <A, E, R>(request: Effect.Effect<A, E, R>): Effect.Effect<A, E | UnavailableError, R> =>
-      Effect.acquireUseRelease(
-        Ref.get(draining).pipe(
-          Effect.filterOrFail((isDraining) => !isDraining, () => refused),
-          Effect.zipRight(SubscriptionRef.update(inFlight, (n) => n + 1))
-        ),
-        () => Effect.raceFirst(request, stopWhenGraceIsOver),
-        () => SubscriptionRef.update(inFlight, (n) => n - 1)
-      )
+      Effect.withFiberRuntime<A, E | UnavailableError, R>((fiber) => {
+        if (draining) return Effect.fail(refused)
+        running.add(fiber)
+        return Effect.ensuring(request, Effect.sync(() => running.delete(fiber)))
+      })
 
-    const stats = Effect.gen(function*() {
+    const stats = Effect.sync((): Stats => {
       const clientsByTransport: Record<Transport, number> = { ws: 0, rpc: 0 }
       for (const member of members.values()) clientsByTransport[member.transport]++
-      return {
-        clients: members.size,
-        clientsByTransport,
-        inFlight: yield* SubscriptionRef.get(inFlight),
-        draining: yield* Ref.get(draining)
-      }
+      return { clients: members.size, clientsByTransport, inFlight: running.size, draining }
     })
 
-    /** Waits until `ref` reaches 0, for at most `limit` (finalizers are uninterruptible, hence the mask). */
-    const awaitZero = (ref: SubscriptionRef.SubscriptionRef<number>, limit: Duration.DurationInput) =>
-      ref.changes.pipe(
-        Stream.takeUntil((n) => n <= 0),
-        Stream.runDrain,
+    /** Waits until `count()` is 0, for at most `limit` (finalizers are uninterruptible, hence the mask). */
+    const awaitZero = (count: () => number, limit: Duration.DurationInput) =>
+      Effect.sleep(Duration.millis(20)).pipe(
+        Effect.repeat({ until: () => count() === 0 }),
+        Effect.when(() => count() > 0),
         Effect.interruptible,
-        Effect.timeoutOption(limit)
+        Effect.timeoutOption(limit),
+        Effect.map(Option.isSome)
       )
 
     const drain = (grace: Duration.DurationInput) =>
       Effect.gen(function*() {
-        if (yield* Ref.getAndSet(draining, true)) return
-        const pending = yield* SubscriptionRef.get(inFlight)
+        if (draining) return
+        draining = true
         yield* Effect.logInfo("Shutting down").pipe(
-          Effect.annotateLogs({ clients: members.size, in_flight: pending, grace: Duration.format(grace) })
+          Effect.annotateLogs({ clients: members.size, in_flight: running.size, grace: Duration.format(grace) })
         )
-        const finished = yield* awaitZero(inFlight, grace)
-        if (finished._tag === "None") {
+        if (!(yield* awaitZero(() => running.size, grace))) {
           yield* Effect.logWarning("Grace period over; stopping the requests still running").pipe(
-            Effect.annotateLogs({ in_flight: yield* SubscriptionRef.get(inFlight) })
+            Effect.annotateLogs({ in_flight: running.size })
           )
-          yield* Deferred.succeed(graceOver, undefined)
+          for (const fiber of running) fiber.unsafeInterruptAsFork(ShutdownFiberId)
           // Stopping aborts upstream calls and queues error frames; give it a moment.
-          yield* awaitZero(inFlight, Duration.seconds(1))
+          yield* awaitZero(() => running.size, Duration.seconds(1))
         }
         for (const { membership } of members.values()) {
           yield* Deferred.succeed(membership.shutdown, undefined)
         }
-        yield* awaitZero(clientCount, Duration.seconds(2))
+        yield* awaitZero(() => members.size, Duration.seconds(2))
       })
 
-    return Hub.of({ connect, track, stats, isDraining: Ref.get(draining), drain })
+    return Hub.of({ connect, track, stats, drain })
   })
 
   static readonly layer: Layer.Layer<Hub, never, AppConfig> = Layer.effect(Hub, Hub.make)

@@ -25,6 +25,8 @@ import { ToolRegistry } from "../tools/ToolRegistry.js"
 import { addUsage, StreamAccumulator } from "./StreamAccumulator.js"
 
 export const DEFAULT_MAX_TOOL_ROUNDS = 5
+/** Calls of one round that run at the same time. */
+const TOOL_CONCURRENCY = 8
 
 export class Chat extends Context.Tag("aibase/Chat")<Chat, {
   readonly complete: (request: ChatCompletionRequest) => Effect.Effect<ChatCompletionResponse, AiBaseError>
@@ -84,11 +86,13 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
         Effect.map((found) => calls.length > 0 && found.every(Option.isSome))
       )
 
+    /** Runs a round's calls side by side (parallel calls are independent), keeping their order. */
     const execute = (calls: ReadonlyArray<ToolCall>) =>
-      Effect.forEach(calls, (call) =>
-        registry.execute(call).pipe(
-          Effect.map((result): ToolExecution => ({ tool_call: call, result }))
-        ))
+      Effect.forEach(
+        calls,
+        (call) => registry.execute(call).pipe(Effect.map((result): ToolExecution => ({ tool_call: call, result }))),
+        { concurrency: TOOL_CONCURRENCY }
+      )
 
     const complete = (request: ChatCompletionRequest) =>
       Effect.gen(function*() {

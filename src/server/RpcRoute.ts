@@ -11,10 +11,10 @@
  */
 import { HttpLayerRouter, HttpServerRequest, HttpServerResponse, type Socket, SocketServer } from "@effect/platform"
 import { RpcMiddleware, RpcSerialization, RpcServer } from "@effect/rpc"
-import { Context, Deferred, Duration, Effect, Layer, Schedule } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Schedule } from "effect"
 import type { WebSocket } from "ws"
 import { AppConfig } from "../config/AppConfig.js"
-import { Hub } from "../hub/Hub.js"
+import { Hub, isShutdown, stoppedAtShutdown } from "../hub/Hub.js"
 import { AiBaseError, OverloadedError } from "../protocol/Errors.js"
 import { AiBaseRpcs } from "../protocol/Rpcs.js"
 import * as Handlers from "../rpc/Handlers.js"
@@ -45,12 +45,22 @@ const layerRequestGuard = Layer.effect(
         if (remaining > 0) inFlight.set(clientId, remaining)
         else inFlight.delete(clientId)
       })
+    // The request runs in a child fiber so that, if the Hub stops it at
+    // shutdown, the client gets a typed `unavailable` error instead of an interruption.
+    const guarded = <A, E, R>(next: Effect.Effect<A, E, R>) =>
+      hub.track(next).pipe(
+        Effect.fork,
+        Effect.flatMap(Fiber.await),
+        Effect.flatMap((exit) =>
+          Exit.isFailure(exit) && isShutdown(Cause.interruptors(exit.cause)) ? Effect.fail(stoppedAtShutdown) : exit
+        )
+      )
     return RequestGuard.of(({ clientId, next }) =>
       Effect.suspend(() => {
         const count = inFlight.get(clientId) ?? 0
         if (count >= maxInFlight) return Effect.fail(overloaded)
         inFlight.set(clientId, count + 1)
-        return hub.track(next).pipe(Effect.ensuring(release(clientId)))
+        return guarded(next).pipe(Effect.ensuring(release(clientId)))
       })
     )
   })

@@ -12,7 +12,7 @@
 import { Socket } from "@effect/platform"
 import { Deferred, Duration, Effect, Either, Fiber, FiberSet, Queue, Schema } from "effect"
 import type { AppConfigShape } from "../config/AppConfig.js"
-import type { Hub, Membership } from "../hub/Hub.js"
+import { type Hub, isShutdown, type Membership, stoppedAtShutdown } from "../hub/Hub.js"
 import { type AiBaseError, CancelledError, InternalError, OverloadedError, ValidationError } from "../protocol/Errors.js"
 import { CancelRequest } from "../protocol/Frames.js"
 import { validationError } from "../protocol/Validation.js"
@@ -108,12 +108,15 @@ export const run = Effect.fn("WsConnection")(function*(options: ConnectionOption
           Effect.zipRight(emit(envelope.encodeError(requestId, internal), true))
         )
       ),
-      Effect.onInterrupt(() =>
+      Effect.onInterrupt((interruptors) =>
         Effect.sync(() => {
-          // Finalizers cannot wait for queue space, so this frame takes the non-blocking path.
-          if (entry.cancelled && !entry.finished) {
+          if (entry.finished) return
+          // A disconnect needs no frame; a cancel or a shutdown gets its error.
+          // Finalizers cannot wait for queue space, so this takes the non-blocking path.
+          const reason = entry.cancelled ? cancelled : isShutdown(interruptors) ? stoppedAtShutdown : undefined
+          if (reason !== undefined) {
             entry.finished = true
-            sendError(requestId, cancelled)
+            sendError(requestId, reason)
           }
         })
       ),

@@ -1,0 +1,266 @@
+/**
+ * The chat client in a real browser: Debian's chromium (driven by
+ * playwright-core) loads the page from a Vite dev server and talks to AIBase
+ * servers on the offline model. Everything listens on 127.0.0.1.
+ *
+ * Run with `bash scripts/test-browser.sh`, which installs chromium if needed.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { fileURLToPath } from "node:url"
+import { type Browser, chromium, type Page } from "playwright-core"
+import { createServer, type ViteDevServer } from "vite"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+
+declare global {
+  interface Window {
+    /** Successive texts of the newest assistant bubble, recorded by `recordAssistant`. */
+    assistantTexts?: Array<string>
+    assistantObserver?: MutationObserver
+  }
+}
+
+const exampleRoot = fileURLToPath(new URL("..", import.meta.url))
+const repoRoot = fileURLToPath(new URL("../../..", import.meta.url))
+const CHROMIUM = "/usr/bin/chromium"
+const HOST = "127.0.0.1"
+
+// ---------------------------------------------------------------------------
+// AIBase servers as child processes
+
+interface AiBase {
+  readonly child: ChildProcess
+  readonly port: number
+  readonly exited: Promise<void>
+}
+
+const startAiBase = (env: Record<string, string> = {}, port = 0): Promise<AiBase> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+      cwd: repoRoot,
+      env: {
+        ...process.env,
+        SERVER_HOST: HOST,
+        SERVER_PORT: String(port),
+        LLM_PROVIDER: "offline",
+        LOG_FORMAT: "json",
+        AUTH_TOKENS: "",
+        ...env
+      },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    const exited = new Promise<void>((done) => child.once("exit", () => done()))
+    let output = ""
+    const timer = setTimeout(() => fail(new Error("the server did not start within 30 s")), 30_000)
+    const fail = (error: Error) => {
+      clearTimeout(timer)
+      child.kill("SIGKILL")
+      reject(new Error(`${error.message}\n${output}`))
+    }
+    const onData = (data: Buffer) => {
+      output += data.toString()
+      const match = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(output)
+      if (match?.[1] !== undefined) {
+        clearTimeout(timer)
+        resolve({ child, port: Number(match[1]), exited })
+      }
+    }
+    child.stdout?.on("data", onData)
+    child.stderr?.on("data", onData)
+    child.once("exit", (code) => fail(new Error(`the server exited with code ${code}`)))
+  })
+
+const portOf = (server: AiBase | undefined): number => {
+  if (server === undefined) throw new Error("the server did not start")
+  return server.port
+}
+
+const stopAiBase = async (server: AiBase | undefined, signal: NodeJS.Signals = "SIGTERM"): Promise<void> => {
+  if (server === undefined || server.child.exitCode !== null || server.child.signalCode !== null) return
+  server.child.kill(signal)
+  const timeout = new Promise<"timeout">((done) => setTimeout(() => done("timeout"), 5_000))
+  if ((await Promise.race([server.exited, timeout])) === "timeout") {
+    server.child.kill("SIGKILL")
+    await server.exited
+  }
+}
+
+// ---------------------------------------------------------------------------
+// page helpers
+
+const assistant = (page: Page) => page.locator("[data-role=assistant]").last()
+
+const expectStatus = (page: Page, state: string, timeout = 15_000) =>
+  page.locator(`#status[data-state=${state}]`).waitFor({ timeout })
+
+/** Records every text the newest assistant bubble shows, so a test can see the reply grow. */
+const recordAssistant = (page: Page) =>
+  page.evaluate(() => {
+    window.assistantTexts = []
+    if (window.assistantObserver !== undefined) return
+    const messages = document.getElementById("messages") ?? document.body
+    window.assistantObserver = new MutationObserver(() => {
+      const texts = window.assistantTexts ?? []
+      const bubbles = messages.querySelectorAll("[data-role=assistant] .body")
+      const text = bubbles[bubbles.length - 1]?.textContent ?? ""
+      if (text !== texts[texts.length - 1]) texts.push(text)
+    })
+    window.assistantObserver.observe(messages, { subtree: true, childList: true, characterData: true })
+  })
+
+const recorded = (page: Page) => page.evaluate(() => window.assistantTexts ?? [])
+
+const send = async (page: Page, text: string) => {
+  await page.locator("#send:not([disabled])").waitFor()
+  await page.fill("#input", text)
+  await page.click("#send")
+}
+
+/** Sends a message and waits until its reply has finished streaming. */
+const chat = async (page: Page, text: string) => {
+  const before = await page.locator("[data-role=assistant]").count()
+  await send(page, text)
+  await page.locator("[data-role=assistant]").nth(before).and(page.locator("[data-state=done]")).waitFor()
+  return assistant(page)
+}
+
+// ---------------------------------------------------------------------------
+
+describe("the browser chat client", () => {
+  let server: AiBase | undefined
+  let slowServer: AiBase | undefined
+  let vite: ViteDevServer | undefined
+  let browser: Browser | undefined
+  /** The page on `server`, one conversation across the tests that use it. */
+  let page: Page
+  let pageUrl = ""
+  const pageErrors: Array<string> = []
+
+  const open = async (port: number): Promise<Page> => {
+    if (browser === undefined) throw new Error("the browser did not start")
+    const opened = await browser.newPage()
+    opened.on("pageerror", (error) => pageErrors.push(error.message))
+    await opened.goto(`${pageUrl}?server=${encodeURIComponent(`ws://${HOST}:${port}/ws`)}`)
+    await expectStatus(opened, "connected")
+    return opened
+  }
+
+  beforeAll(async () => {
+    const started = Promise.all([startAiBase(), startAiBase({ OFFLINE_WORD_DELAY_MS: "80" })])
+    vite = await createServer({
+      root: exampleRoot,
+      configFile: false,
+      logLevel: "warn",
+      clearScreen: false,
+      // The first free port from 5173 on.
+      server: { host: HOST, strictPort: false, hmr: false },
+      optimizeDeps: { noDiscovery: true, include: [] }
+    })
+    await vite.listen()
+    const url = vite.resolvedUrls?.local[0]
+    if (url === undefined) throw new Error("Vite did not report its URL")
+    pageUrl = url
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync"
+      ]
+    })
+    ;[server, slowServer] = await started
+    page = await open(server.port)
+  })
+
+  afterEach(() => {
+    expect(pageErrors).toEqual([])
+  })
+
+  afterAll(async () => {
+    await browser?.close()
+    await vite?.close()
+    await Promise.all([stopAiBase(server), stopAiBase(slowServer)])
+  })
+
+  it("streams a reply into the assistant bubble", async () => {
+    await recordAssistant(page)
+    const bubble = await chat(page, "Hello from the browser")
+
+    const final = (await bubble.locator("[data-testid=assistant-text]").textContent()) ?? ""
+    expect(final).toContain("[offline model]")
+    expect(final).toContain("Hello from the browser")
+    await expect(page.locator("[data-role=user]").last().textContent()).resolves.toBe("YouHello from the browser")
+
+    // The reply grew word by word: partial texts were on screen before the whole one.
+    const texts = await recorded(page)
+    const partial = texts.filter((text) => text.length > 0 && text.length < final.length && final.startsWith(text))
+    expect(partial.length).toBeGreaterThanOrEqual(3)
+    expect(texts.at(-1)).toBe(final)
+    await expect(page.locator("#cancel").isDisabled()).resolves.toBe(true)
+  })
+
+  it("shows a tool call and its result, then the answer", async () => {
+    await recordAssistant(page)
+    const bubble = await chat(page, "What's the weather in Paris?")
+
+    const tool = bubble.locator("[data-testid=tool-call]")
+    await expect(tool.count()).resolves.toBe(1)
+    await expect(tool.getAttribute("data-state")).resolves.toBe("done")
+    const toolText = (await tool.textContent()) ?? ""
+    expect(toolText).toContain("get_weather")
+    expect(toolText).toContain(`{"location":"Paris"}`)
+    expect(toolText).toMatch(/→ .*Weather in Paris/)
+
+    const answer = (await bubble.locator("[data-testid=assistant-text]").textContent()) ?? ""
+    expect(answer).toContain("[offline model] Based on get_weather")
+    expect(answer).toContain("Paris")
+    // The call was on screen before the answer began.
+    const texts = await recorded(page)
+    expect(texts.some((text) => text.includes("get_weather") && !text.includes("Based on"))).toBe(true)
+  })
+
+  it("cancels a reply mid-stream", async () => {
+    const slow = await open(portOf(slowServer))
+    const words = Array.from({ length: 60 }, (_, i) => `word${i}`).join(" ")
+    await send(slow, `Please repeat all of this: ${words} THE-END`)
+    const bubble = assistant(slow)
+    const text = bubble.locator("[data-testid=assistant-text]")
+    await expect.poll(async () => ((await text.textContent()) ?? "").split(" ").length, { timeout: 10_000 })
+      .toBeGreaterThanOrEqual(4)
+    await expect(slow.locator("#cancel").isEnabled()).resolves.toBe(true)
+    await slow.click("#cancel")
+
+    await bubble.and(slow.locator("[data-state=cancelled]")).waitFor({ timeout: 5_000 })
+    await expect(bubble.locator("[data-testid=note]").textContent()).resolves.toContain("Cancelled")
+    const stopped = (await text.textContent()) ?? ""
+    expect(stopped).toContain("[offline model]")
+    expect(stopped).not.toContain("THE-END")
+    await slow.waitForTimeout(400)
+    await expect(text.textContent()).resolves.toBe(stopped)
+    await expect(slow.locator("#send").isEnabled()).resolves.toBe(true)
+    await expect(slow.locator("#cancel").isDisabled()).resolves.toBe(true)
+    await slow.close()
+  })
+
+  it("reconnects after the server goes away and comes back on the same port", { timeout: 50_000 }, async () => {
+    const port = portOf(server)
+    const users = await page.locator("[data-role=user]").count()
+
+    await stopAiBase(server, "SIGKILL")
+    await expectStatus(page, "disconnected", 10_000)
+    await expect(page.locator("#send").isDisabled()).resolves.toBe(true)
+
+    server = await startAiBase({}, port)
+    expect(server.port).toBe(port)
+    await expectStatus(page, "connected", 20_000)
+
+    const bubble = await chat(page, "After the drop")
+    await expect(bubble.locator("[data-testid=assistant-text]").textContent()).resolves.toContain("After the drop")
+    // The conversation survived the drop.
+    await expect(page.locator("[data-role=user]").count()).resolves.toBe(users + 1)
+  })
+})
