@@ -4,7 +4,10 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   resolve: {
     // Tests import the package by name, as its users do; resolve it to the source.
-    alias: { aibase: fileURLToPath(new URL("./src/index.ts", import.meta.url)) }
+    alias: [
+      { find: /^aibase\/protocol$/, replacement: fileURLToPath(new URL("./src/protocol/index.ts", import.meta.url)) },
+      { find: /^aibase$/, replacement: fileURLToPath(new URL("./src/index.ts", import.meta.url)) }
+    ]
   },
   test: {
     include: ["test/**/*.test.ts"],

@@ -28,10 +28,5 @@ export { ToolRegistry } from "./tools/ToolRegistry.js"
 // the server
 export * as AiBaseServer from "./server/AiBaseServer.js"
 
-// protocol
-export * from "./protocol/Chat.js"
-export * from "./protocol/Embedding.js"
-export * from "./protocol/Errors.js"
-export * from "./protocol/Frames.js"
-export * from "./protocol/Rpcs.js"
-export * from "./protocol/Tools.js"
+// protocol (also available alone as "aibase/protocol")
+export * from "./protocol/index.js"

@@ -29,5 +29,6 @@ Layer.launch(App).pipe(
       Option.match(Cause.failureOption(cause), { onNone: () => Cause.pretty(cause), onSome: describe })
     )
   ),
-  NodeRuntime.runMain({ disableErrorReporting: true })
+  // Logging.layer installs the logger LOG_FORMAT asks for; runMain must not add its own.
+  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
 )

@@ -5,7 +5,7 @@
 // Defaults to localhost:8080; the token can also come from AIBASE_TOKEN.
 // Exits 0 when every request got its final frame, 1 on an error frame, a
 // connection failure or a timeout.
-import type { ClientFrame, ServerFrame } from "aibase"
+import { type ClientFrame, isFinalFrame, type ServerFrame } from "aibase/protocol"
 import { once } from "node:events"
 import WebSocket from "ws"
 
@@ -152,10 +152,6 @@ const show = (frame: ServerFrame): void => {
   }
 }
 
-/** Whether a frame is the last one its request gets. */
-const isFinal = (frame: ServerFrame): boolean =>
-  frame.type !== "chat_completion_stream_chunk" && frame.type !== "tool_execution"
-
 // ---------------------------------------------------------------------------
 // the connection
 
@@ -185,7 +181,7 @@ const main = async (): Promise<number> => {
     if (frame.type === "error" && !(frame.request_id === cancelTarget && frame.data.category === "cancelled")) {
       unexpectedErrors++
     }
-    if (frame.request_id === null || !isFinal(frame)) return
+    if (frame.request_id === null || !isFinalFrame(frame)) return
     const resolve = pending.get(frame.request_id)
     pending.delete(frame.request_id)
     resolve?.(frame)

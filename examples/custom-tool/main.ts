@@ -91,8 +91,11 @@ const ListenLog = Layer.effectDiscard(Effect.gen(function*() {
   )
 }))
 
-const App = Layer.mergeAll(AiBaseServer.layerGracefulShutdown, ListenLog).pipe(
-  Layer.provideMerge(HttpLayerRouter.serve(Routes, { disableLogger: true, disableListenLog: true })),
+// withGracefulShutdown drains AIBase's requests before the server stops listening.
+const App = AiBaseServer.withGracefulShutdown(
+  HttpLayerRouter.serve(Routes, { disableLogger: true, disableListenLog: true })
+).pipe(
+  Layer.merge(ListenLog),
   Layer.provideMerge(HttpServerLive),
   Layer.provide(Services),
   Layer.provide(Logging.layer),
@@ -100,7 +103,7 @@ const App = Layer.mergeAll(AiBaseServer.layerGracefulShutdown, ListenLog).pipe(
   Layer.provide(DotEnv.layer())
 )
 
-// Runs until SIGINT/SIGTERM; layerGracefulShutdown lets in-flight requests finish first.
+// Runs until SIGINT/SIGTERM; in-flight requests get SHUTDOWN_GRACE_SECONDS to finish first.
 // A startup failure (bad config, port in use) is reported once, and exits with code 1.
 Layer.launch(App).pipe(
   Effect.tapErrorCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(Cause.pretty(cause))),

@@ -5,7 +5,7 @@
 // Defaults to localhost:8080; the token can also come from AIBASE_TOKEN.
 import { NodeRuntime, NodeSocket } from "@effect/platform-node"
 import { RpcClient, RpcSerialization } from "@effect/rpc"
-import { AiBaseRpcs } from "aibase"
+import { AiBaseRpcs } from "aibase/protocol"
 import { Console, Effect, Layer, Stream } from "effect"
 
 // ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import type { Rpc } from "@effect/rpc"
 import { Schema } from "effect"
 import { type AiBaseError, ErrorCategory } from "./Errors.js"
 import type { AiBaseRpc, ChatStreamEvent } from "./Rpcs.js"
-import { WireNames } from "./Rpcs.js"
+import { STREAM_END, WireNames } from "./Rpcs.js"
 
 export const RequestId = Schema.String.pipe(Schema.minLength(1), Schema.maxLength(128))
 
@@ -40,6 +40,10 @@ export const errorFrame = (requestId: string | null, error: AiBaseError): ErrorF
   error: error.message,
   data: { category: error.category, code: error.code, retryable: error.retryable }
 })
+
+/** Whether a frame is the last one its request gets (nothing follows it). */
+export const isFinalFrame = (frame: { readonly type: string }): boolean =>
+  frame.type === "error" || frame.type === "pong" || frame.type === STREAM_END || frame.type.endsWith("_response")
 
 // ---------------------------------------------------------------------------
 // frame types for clients (the browser example imports these)

@@ -4,7 +4,7 @@
  */
 import { Data, Deferred, Duration, Effect, FiberId, type Scope } from "effect"
 import WebSocket from "ws"
-import type { ClientFrame, ServerFrame } from "../../src/protocol/Frames.js"
+import { type ClientFrame, isFinalFrame, type ServerFrame } from "aibase/protocol"
 
 export class WsClientError extends Data.TaggedError("WsClientError")<{ readonly message: string }> {}
 
@@ -30,11 +30,6 @@ export interface WsClient {
   readonly closed: Effect.Effect<Closed>
   readonly close: (code?: number) => Effect.Effect<Closed>
 }
-
-/** Whether a frame is the last one its request gets. */
-export const isFinal = (frame: ServerFrame): boolean =>
-  frame.type === "error" || frame.type === "pong" || frame.type === "chat_completion_stream_end" ||
-  frame.type.endsWith("_response")
 
 export const frameOf = <T extends ServerFrame["type"]>(type: T, requestId?: string) =>
 (frame: ServerFrame): frame is Extract<ServerFrame, { readonly type: T }> =>
@@ -90,7 +85,7 @@ export const connect = (
         )
 
       const collect = (requestId: string, timeout?: Duration.DurationInput) =>
-        waitFor((frame): frame is ServerFrame => frame.request_id === requestId && isFinal(frame), timeout).pipe(
+        waitFor((frame): frame is ServerFrame => frame.request_id === requestId && isFinalFrame(frame), timeout).pipe(
           Effect.map(() => frames.filter((frame) => frame.request_id === requestId))
         )
 

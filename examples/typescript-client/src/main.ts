@@ -138,7 +138,9 @@ const addTool = (turn: Turn): ToolView => {
   }
   view.root.dataset.testid = "tool-call"
   view.root.dataset.state = "running"
-  view.root.append(make("span", "tool-icon", "🔧"), view.name, " ", view.args, make("span", "tool-arrow", " → "), view.result)
+  const icon = make("span", "tool-icon", "🔧")
+  icon.setAttribute("aria-label", "Tool call:")
+  view.root.append(icon, view.name, " ", view.args, make("span", "tool-arrow", " → "), view.result)
   turn.tools.push(view)
   turn.text = undefined
   reveal(() => turn.body.append(view.root))
@@ -231,6 +233,7 @@ const send = (): void => {
   const body = bubble.querySelector<HTMLElement>(".body") ?? bubble
   active = { id, bubble, body, text: undefined, content: "", round: new Map(), tools: [] }
   input.value = ""
+  input.focus()
   updateControls()
 }
 
