@@ -156,7 +156,4 @@ export const ErrorCategory = Schema.Literal(
 )
 export type ErrorCategory = typeof ErrorCategory.Type
 
-// Every error class names one of the categories.
-const _categoriesMatch: AiBaseError["category"] extends ErrorCategory ? true : never = true
-
 export const isAiBaseError: (u: unknown) => u is AiBaseError = Schema.is(AiBaseError)

@@ -9,7 +9,7 @@
  * request with the Hub and bounds the requests in flight per connection.
  * Cancelling is native: an RpcClient interrupts its fiber.
  */
-import { HttpLayerRouter, HttpServerRequest, HttpServerResponse, type Socket, SocketServer } from "@effect/platform"
+import { HttpLayerRouter, type Socket, SocketServer } from "@effect/platform"
 import { RpcMiddleware, RpcSerialization, RpcServer } from "@effect/rpc"
 import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Schedule } from "effect"
 import type { WebSocket } from "ws"
@@ -18,8 +18,7 @@ import { Hub, isShutdown, stoppedAtShutdown } from "../hub/Hub.js"
 import { AiBaseError, OverloadedError } from "../protocol/Errors.js"
 import { AiBaseRpcs } from "../protocol/Rpcs.js"
 import * as Handlers from "../rpc/Handlers.js"
-import { notUpgradable, upgradeProblem, WebSocketUpgrade } from "./WebSocketUpgrade.js"
-import { refused } from "./WsRoute.js"
+import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 
 export const PATH = "/rpc"
 
@@ -110,32 +109,22 @@ const dropWhenNotReading = (raw: WebSocket, maxBufferedBytes: number, writeTimeo
 
 const route = Layer.effectDiscard(Effect.gen(function*() {
   const router = yield* HttpLayerRouter.HttpRouter
-  const config = yield* AppConfig
-  const hub = yield* Hub
+  const { limits, server } = yield* AppConfig
   const upgrader = yield* WebSocketUpgrade
   const sockets = yield* RpcSockets
 
   yield* router.add(
     "GET",
     PATH,
-    Effect.gen(function*() {
-      const request = yield* HttpServerRequest.HttpServerRequest
-      const problem = upgradeProblem(request)
-      if (problem !== undefined) return notUpgradable(problem)
-      const membership = yield* hub.connect("rpc")
-      const { raw, socket } = yield* upgrader.upgrade(request)
-      yield* Deferred.await(membership.shutdown).pipe(
-        Effect.zipRight(Effect.sync(() => raw.close(1001, "server shutting down"))),
-        Effect.forkScoped
-      )
-      yield* dropWhenNotReading(raw, config.limits.maxBufferedBytes, config.server.writeTimeout).pipe(Effect.forkScoped)
-      yield* sockets.serve(socket)
-      return HttpServerResponse.empty()
-    }).pipe(
-      Effect.scoped,
-      Effect.catchTag("ConnectionRefused", (error) => Effect.succeed(refused(error))),
-      Effect.annotateLogs({ transport: "rpc" })
-    )
+    upgrader.route("rpc", ({ raw, socket }, membership) =>
+      Effect.gen(function*() {
+        yield* Deferred.await(membership.shutdown).pipe(
+          Effect.zipRight(Effect.sync(() => raw.close(1001, "server shutting down"))),
+          Effect.forkScoped
+        )
+        yield* dropWhenNotReading(raw, limits.maxBufferedBytes, server.writeTimeout).pipe(Effect.forkScoped)
+        yield* sockets.serve(socket)
+      }))
   )
 }))
 

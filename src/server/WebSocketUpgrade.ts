@@ -9,11 +9,12 @@
  * WS_PING_INTERVAL_SECONDS, and a client that missed the previous pong is
  * dropped.
  */
-import { type HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
+import { HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Context, Duration, Effect, Layer, type Scope } from "effect"
 import { type WebSocket, WebSocketServer } from "ws"
 import { AppConfig } from "../config/AppConfig.js"
+import { type ConnectionRefused, Hub, type Membership, type Transport } from "../hub/Hub.js"
 
 export interface Upgraded {
   /** The platform Socket: frames in, frames out. */
@@ -39,15 +40,32 @@ export const upgradeProblem = (request: HttpServerRequest.HttpServerRequest): st
 export const notUpgradable = (problem: string) =>
   HttpServerResponse.unsafeJson({ error: problem }, { status: 426, headers: { upgrade: "websocket" } })
 
+/** The answer to an upgrade the Hub refused. */
+export const refused = (error: ConnectionRefused) =>
+  HttpServerResponse.unsafeJson(
+    { status: error.reason, error: error.reason, message: error.message },
+    { status: 503, headers: { "retry-after": "1" } }
+  )
+
 export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<WebSocketUpgrade, {
   /**
    * Upgrades a request (check `upgradeProblem` first). The socket lives as
    * long as the current scope; closing the scope closes it.
    */
   readonly upgrade: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<Upgraded, never, Scope.Scope>
+  /**
+   * The HTTP handler of a WebSocket endpoint: checks that the request is an
+   * upgrade, admits it through the Hub (503 when refused), upgrades it and
+   * runs `serve` until the connection ends.
+   */
+  readonly route: (
+    transport: Transport,
+    serve: (upgraded: Upgraded, membership: Membership) => Effect.Effect<void, never, Scope.Scope>
+  ) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>
 }>() {
   static readonly make = Effect.gen(function*() {
     const config = yield* AppConfig
+    const hub = yield* Hub
     const server = yield* Effect.acquireRelease(
       Effect.sync(() =>
         new WebSocketServer({
@@ -85,10 +103,27 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
         return { socket, raw }
       })
 
-    return WebSocketUpgrade.of({ upgrade })
+    const route: WebSocketUpgrade["Type"]["route"] = (transport, serve) =>
+      Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const problem = upgradeProblem(request)
+        if (problem !== undefined) return notUpgradable(problem)
+        const membership = yield* hub.connect(transport)
+        const upgraded = yield* upgrade(request)
+        yield* Effect.logDebug("Client connected")
+        yield* serve(upgraded, membership)
+        yield* Effect.logDebug("Client disconnected")
+        return HttpServerResponse.empty()
+      }).pipe(
+        Effect.scoped,
+        Effect.catchTag("ConnectionRefused", (error) => Effect.succeed(refused(error))),
+        Effect.annotateLogs({ transport })
+      )
+
+    return WebSocketUpgrade.of({ upgrade, route })
   })
 
-  static readonly layer: Layer.Layer<WebSocketUpgrade, never, AppConfig> = Layer.scoped(
+  static readonly layer: Layer.Layer<WebSocketUpgrade, never, AppConfig | Hub> = Layer.scoped(
     WebSocketUpgrade,
     WebSocketUpgrade.make
   )

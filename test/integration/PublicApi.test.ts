@@ -8,7 +8,7 @@ import { HttpLayerRouter, HttpServer, HttpServerResponse } from "@effect/platfor
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { AiBaseServer, AppConfig, Hub, OfflineModel, OpenAi, Tool } from "aibase"
-import { Effect, Layer, ManagedRuntime, Schema, Stream } from "effect"
+import { Effect, Layer, ManagedRuntime, Schema } from "effect"
 import { createServer } from "node:http"
 import * as WsClient from "../support/WsClient.js"
 

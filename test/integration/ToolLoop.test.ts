@@ -7,10 +7,6 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Context, Deferred, Duration, Effect, Layer, Schema } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
-import * as Logging from "../../src/config/Logging.js"
-import { Hub } from "../../src/hub/Hub.js"
-import type { OpenAi } from "../../src/openai/OpenAi.js"
-import * as OpenAiSdk from "../../src/openai/OpenAiSdk.js"
 import type { ChatCompletionRequest } from "../../src/protocol/Chat.js"
 import type { ServerFrame } from "../../src/protocol/Frames.js"
 import type { ToolCall } from "../../src/protocol/Tools.js"
@@ -32,19 +28,9 @@ import * as WsClient from "../support/WsClient.js"
 
 const connect = Effect.flatMap(TestServer.urls, ({ ws }) => WsClient.connect(ws))
 
-type Frame<T extends ServerFrame["type"]> = Extract<ServerFrame, { readonly type: T }>
 type ChatPayload = typeof ChatCompletionRequest.Encoded
 type Usage = { readonly prompt_tokens: number; readonly completion_tokens: number; readonly total_tokens: number }
 
-/** The one frame of `type` among a request's frames (fails the test otherwise). */
-const only = <T extends ServerFrame["type"]>(frames: ReadonlyArray<ServerFrame>, type: T): Frame<T> => {
-  const found = frames.filter(WsClient.frameOf(type))
-  const [frame] = found
-  if (found.length !== 1 || frame === undefined) {
-    return expect.fail(`expected one ${type} frame, got ${JSON.stringify(frames)}`)
-  }
-  return frame
-}
 
 /** Frame types with runs collapsed: chunk, chunk, tool_execution, chunk → chunk, tool_execution, chunk. */
 const shape = (frames: ReadonlyArray<ServerFrame>): Array<string> =>
@@ -132,30 +118,8 @@ const toolsWithBlocking: Layer.Layer<ToolRegistry | Probes, never, AppConfig> = 
   Layer.provideMerge(Layer.merge(AiBaseServer.layerTools, Probes.layer))
 )
 
-/** The real server as TestServer.layer builds it, with the tools layer of this file. */
-const serverWithTools = (env: Record<string, string>, openai: Layer.Layer<OpenAi, never, AppConfig>) =>
-  AiBaseServer.layerServer.pipe(
-    Layer.provideMerge(Layer.mergeAll(Hub.layer, toolsWithBlocking, openai)),
-    Layer.provide(Logging.layer),
-    Layer.provideMerge(AppConfig.layerFromEnv({
-      SERVER_HOST: "127.0.0.1",
-      SERVER_PORT: "0",
-      OFFLINE_WORD_DELAY_MS: "0",
-      LOG_LEVEL: "error",
-      ...env
-    })),
-    Layer.orDie
-  )
-
-/** That server against a fake upstream (provided too, for scripting it). */
-const serverWithFakeUpstream = (env: Record<string, string>) =>
-  Layer.unwrapEffect(Effect.map(FakeOpenAIService, (fake) =>
-    serverWithTools({
-      OPENAI_API_KEY: TestServer.TEST_API_KEY,
-      OPENAI_BASE_URL: fake.baseUrl,
-      OPENAI_MAX_RETRIES: "0",
-      ...env
-    }, OpenAiSdk.layer))).pipe(Layer.provideMerge(FakeOpenAIService.Default))
+/** The real server with the tools of this file, against a fake upstream. */
+const serverWithFakeUpstream = (env: Record<string, string>) => TestServer.withToolsAndFakeUpstream(toolsWithBlocking, env)
 
 // ---------------------------------------------------------------------------
 
@@ -172,7 +136,7 @@ describe("server-side tool loop", () => {
         const client = yield* connect
         const frames = yield* client.request({ type: "chat_completion", request_id: "loop", payload: weatherInParis })
         expect(frames).toHaveLength(1)
-        const { data } = only(frames, "chat_completion_response")
+        const { data } = WsClient.only(frames, "chat_completion_response")
         const choice = data.choices[0]
         expect(choice?.finish_reason).toBe("stop")
         expect(choice?.message.tool_calls).toBeUndefined()
@@ -193,7 +157,7 @@ describe("server-side tool loop", () => {
         expect(choice?.message.content).toContain(execution?.result.content)
 
         // Usage is the sum of both model calls: the same two calls made by hand cost exactly that.
-        const first = only(
+        const first = WsClient.only(
           yield* client.request({
             type: "chat_completion",
             request_id: "by-hand-1",
@@ -201,7 +165,7 @@ describe("server-side tool loop", () => {
           }),
           "chat_completion_response"
         ).data
-        const second = only(
+        const second = WsClient.only(
           yield* client.request({
             type: "chat_completion",
             request_id: "by-hand-2",
@@ -234,7 +198,7 @@ describe("server-side tool loop", () => {
         expect(frames.filter(WsClient.frameOf("chat_completion_stream_end"))).toHaveLength(1)
         expect(frames.at(-1)?.type).toBe("chat_completion_stream_end")
 
-        const execution = only(frames, "tool_execution")
+        const execution = WsClient.only(frames, "tool_execution")
         expect(execution.request_id).toBe("loop-s")
         expect(execution.data.tool_call.function.name).toBe("get_weather")
         expect(execution.data.result).toMatchObject({ tool_call_id: execution.data.tool_call.id, is_error: false })
@@ -249,7 +213,7 @@ describe("server-side tool loop", () => {
         expect(streamedCall.map((d) => d.function?.arguments ?? "").join("")).toBe(execution.data.tool_call.function.arguments)
         const answer = after.map((c) => c.data.choices[0]?.delta.content ?? "").join("")
 
-        const end = only(frames, "chat_completion_stream_end").data
+        const end = WsClient.only(frames, "chat_completion_stream_end").data
         expect(end.finish_reason).toBe("stop")
         expect(end.content).toBe(answer)
         expect(end.content).toContain("Paris")
@@ -269,7 +233,7 @@ describe("server-side tool loop", () => {
             request_id: id,
             payload: { ...weatherInParis, max_tool_rounds: rounds }
           })
-          const error = only(frames, "error")
+          const error = WsClient.only(frames, "error")
           expect(error.data.code).toBe("invalid_payload")
           expect(error.error).toContain("max_tool_rounds")
         }
@@ -279,7 +243,7 @@ describe("server-side tool loop", () => {
       Effect.gen(function*() {
         const client = yield* connect
         const question = [user("What's the weather in Paris?")]
-        const first = only(
+        const first = WsClient.only(
           yield* client.request({ type: "chat_completion", request_id: "step1", payload: { messages: question, tools: "registry" } }),
           "chat_completion_response"
         ).data
@@ -292,13 +256,13 @@ describe("server-side tool loop", () => {
         if (call === undefined) return expect.fail("no tool call")
         expect(call.function.name).toBe("get_weather")
 
-        const result = only(
+        const result = WsClient.only(
           yield* client.request({ type: "tool_execute", request_id: "step2", payload: { tool_call: call } }),
           "tool_execute_response"
         ).data
         expect(result).toMatchObject({ tool_call_id: call.id, is_error: false })
 
-        const final = only(
+        const final = WsClient.only(
           yield* client.request({
             type: "chat_completion",
             request_id: "step3",
@@ -338,7 +302,7 @@ describe("server-side tool loop", () => {
           request_id: "calc",
           payload: { messages: question, tools: "registry", auto_execute_tools: true }
         })
-        const { data } = only(frames, "chat_completion_response")
+        const { data } = WsClient.only(frames, "chat_completion_response")
 
         expect(fake.requestCount).toBe(2)
         const [first, second] = fake.requests
@@ -372,7 +336,7 @@ describe("server-side tool loop", () => {
           request_id: "div",
           payload: { messages: [user("1/0?")], tools: ["calculator"], auto_execute_tools: true }
         })
-        const { data } = only(frames, "chat_completion_response")
+        const { data } = WsClient.only(frames, "chat_completion_response")
         expect(fake.requestCount).toBe(2)
         const toolMessage = messagesOf(fake.requests[1]).at(-1)
         expect(toolMessage).toMatchObject({ role: "tool", tool_call_id: "call_div", content: expect.stringMatching(/division by zero/i) })
@@ -411,7 +375,7 @@ describe("server-side tool loop", () => {
           { role: "tool", tool_call_id: "call_calc", content: "2+3 = 5" },
           { role: "tool", tool_call_id: "call_w", content: executions[1]?.result.content }
         ])
-        const end = only(frames, "chat_completion_stream_end").data
+        const end = WsClient.only(frames, "chat_completion_stream_end").data
         expect(end.content).toBe("Done.")
         expect(end.finish_reason).toBe("stop")
         expect(end.tool_rounds).toEqual([{ round: 1, executions }])
@@ -437,7 +401,7 @@ describe("server-side tool loop", () => {
           content: "Let me compute that.",
           tool_calls: [asToolCall(calc)]
         })
-        const end = only(frames, "chat_completion_stream_end").data
+        const end = WsClient.only(frames, "chat_completion_stream_end").data
         expect(end.finish_reason).toBe("stop")
         expect(end.content).toContain("It is 5.")
       }))
@@ -454,7 +418,7 @@ describe("server-side tool loop", () => {
           request_id: "ext",
           payload: { messages: [user("where is my order?")], tools: ["calculator", externalTool], auto_execute_tools: true }
         })
-        const { data } = only(frames, "chat_completion_response")
+        const { data } = WsClient.only(frames, "chat_completion_response")
         expect(data.choices[0]?.finish_reason).toBe("tool_calls")
         expect(data.choices[0]?.message.tool_calls).toEqual([asToolCall(external)])
         expect(data.tool_rounds).toBeUndefined()
@@ -463,7 +427,7 @@ describe("server-side tool loop", () => {
         // A round mixing a registry tool and an unknown one runs neither.
         fake.reset()
         fake.enqueue(Behaviour.json(completion({ toolCalls: [calc, external] })))
-        const mixed = only(
+        const mixed = WsClient.only(
           yield* client.request({
             type: "chat_completion",
             request_id: "mixed",
@@ -478,7 +442,7 @@ describe("server-side tool loop", () => {
         // After a round of registry tools, an unknown call ends the loop with that round reported.
         fake.reset()
         fake.enqueue(Behaviour.json(completion({ toolCalls: [calc] })), Behaviour.json(completion({ toolCalls: [external] })))
-        const later = only(
+        const later = WsClient.only(
           yield* client.request({
             type: "chat_completion",
             request_id: "later",
@@ -498,7 +462,7 @@ describe("server-side tool loop", () => {
           request_id: "ext-s",
           payload: { messages: [user("where is my order?")], tools: ["calculator", externalTool], auto_execute_tools: true }
         })
-        const end = only(streamed, "chat_completion_stream_end").data
+        const end = WsClient.only(streamed, "chat_completion_stream_end").data
         expect(streamed.filter(WsClient.frameOf("tool_execution"))).toHaveLength(0)
         expect(end.finish_reason).toBe("tool_calls")
         expect(end.tool_calls).toEqual([asToolCall(external)])
@@ -520,7 +484,7 @@ describe("server-side tool loop", () => {
           request_id: "limit",
           payload: { messages: [user("again and again")], tools: "registry", auto_execute_tools: true, max_tool_rounds: 2 }
         })
-        const { data } = only(frames, "chat_completion_response")
+        const { data } = WsClient.only(frames, "chat_completion_response")
         expect(data.choices[0]?.finish_reason).toBe("tool_rounds_exhausted")
         expect(fake.requestCount).toBe(3)
         expect(data.tool_rounds?.map((round) => round.round)).toEqual([1, 2])
@@ -542,7 +506,7 @@ describe("server-side tool loop", () => {
           request_id: "default-limit",
           payload: { messages: [user("loop")], tools: "registry", auto_execute_tools: true }
         })
-        const { data } = only(frames, "chat_completion_response")
+        const { data } = WsClient.only(frames, "chat_completion_response")
         expect(data.choices[0]?.finish_reason).toBe("tool_rounds_exhausted")
         expect(data.tool_rounds).toHaveLength(5)
         expect(fake.requestCount).toBe(6)
@@ -571,7 +535,7 @@ describe("server-side tool loop", () => {
           "chat_completion_stream_chunk",
           "chat_completion_stream_end"
         ])
-        const end = only(frames, "chat_completion_stream_end").data
+        const end = WsClient.only(frames, "chat_completion_stream_end").data
         expect(end.finish_reason).toBe("tool_rounds_exhausted")
         expect(end.tool_rounds?.map((round) => round.round)).toEqual([1, 2])
         expect(end.tool_rounds?.flatMap((round) => round.executions.map((e) => e.result.content))).toEqual(["2+3 = 5", "2+3 = 5"])
@@ -583,7 +547,7 @@ describe("server-side tool loop", () => {
       Effect.gen(function*() {
         const fake = yield* freshFake
         const client = yield* connect
-        const listed = only(yield* client.request({ type: "tools_list", request_id: "list", payload: {} }), "tools_list_response").data
+        const listed = WsClient.only(yield* client.request({ type: "tools_list", request_id: "list", payload: {} }), "tools_list_response").data
         expect(listed.tools.map((tool) => tool.name).sort()).toEqual([
           "block_until_interrupted",
           "calculator",
@@ -637,7 +601,7 @@ describe("server-side tool loop", () => {
 
         const frames = yield* client.collect("blocked")
         expect(frames).toHaveLength(1)
-        const error = only(frames, "error")
+        const error = WsClient.only(frames, "error")
         expect(error.data).toEqual({ category: "cancelled", code: "cancelled", retryable: false })
         yield* noFurtherUpstreamCall(fake)
         expect(client.frames.filter((frame) => frame.request_id === "blocked")).toHaveLength(1)
@@ -691,7 +655,7 @@ describe("server-side tool loop", () => {
         const elapsed = Date.now() - startedAt
         expect(elapsed).toBeLessThan(3000)
         yield* interruptionDelay(probe, startedAt)
-        const { data } = only(frames, "chat_completion_response")
+        const { data } = WsClient.only(frames, "chat_completion_response")
         const result = data.tool_rounds?.[0]?.executions[0]?.result
         expect(result).toMatchObject({ tool_call_id: "call_slow", is_error: true })
         expect(result?.content).toContain("block_until_interrupted")

@@ -7,7 +7,6 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import type { ChatCompletionRequest } from "../../src/protocol/Chat.js"
-import type { ServerFrame } from "../../src/protocol/Frames.js"
 import type { ToolCall, ToolDefinition } from "../../src/protocol/Tools.js"
 import { ToolRegistry } from "../../src/tools/ToolRegistry.js"
 import { Behaviour, completion, type ToolCallSpec, toolCallChunks, usageOf } from "../support/FakeOpenAI.js"
@@ -17,18 +16,8 @@ import * as WsClient from "../support/WsClient.js"
 
 const connect = Effect.flatMap(TestServer.urls, ({ ws }) => WsClient.connect(ws))
 
-type Frame<T extends ServerFrame["type"]> = Extract<ServerFrame, { readonly type: T }>
 type ChatPayload = typeof ChatCompletionRequest.Encoded
 
-/** The one frame of `type` among a request's frames (fails the test otherwise). */
-const only = <T extends ServerFrame["type"]>(frames: ReadonlyArray<ServerFrame>, type: T): Frame<T> => {
-  const found = frames.filter(WsClient.frameOf(type))
-  const [frame] = found
-  if (found.length !== 1 || frame === undefined) {
-    return expect.fail(`expected one ${type} frame, got ${JSON.stringify(frames)}`)
-  }
-  return frame
-}
 
 /** Sends a raw text frame (exactly as a client would write it) and returns the request's frames. */
 const sendRaw = (client: WsClient.WsClient, text: string) =>
@@ -47,7 +36,7 @@ const toolCall = (name: string, args: string, id = "call_1"): ToolCall => ({
 
 const executeTool = (client: WsClient.WsClient, requestId: string, call: ToolCall) =>
   client.request({ type: "tool_execute", request_id: requestId, payload: { tool_call: call } }).pipe(
-    Effect.map((frames) => only(frames, "tool_execute_response").data)
+    Effect.map((frames) => WsClient.only(frames, "tool_execute_response").data)
   )
 
 /** The seed's flat get_weather definition, as in its README's chat example. */
@@ -114,7 +103,7 @@ describe("tools over /ws", () => {
       Effect.gen(function*() {
         const client = yield* connect
         const frames = yield* sendRaw(client, `{"type": "tools_list", "request_id": "req-127", "payload": {}}`)
-        const { data } = only(frames, "tools_list_response")
+        const { data } = WsClient.only(frames, "tools_list_response")
         expect(frames).toHaveLength(1)
         expect(data.tools.map((tool) => tool.name).sort()).toEqual(BUILTIN_NAMES)
         for (const tool of data.tools) {
@@ -150,7 +139,7 @@ describe("tools over /ws", () => {
         const client = yield* connect
         const frames = yield* sendRaw(client, seedToolExecuteExample)
         expect(frames).toHaveLength(1)
-        const frame = only(frames, "tool_execute_response")
+        const frame = WsClient.only(frames, "tool_execute_response")
         expect(frame.request_id).toBe("req-128")
         expect(Object.keys(frame.data).sort()).toEqual(["content", "is_error", "tool_call_id"])
         expect(frame.data.tool_call_id).toBe("call_123")
@@ -228,7 +217,7 @@ describe("tools over /ws", () => {
     it.scoped("a tool_execute envelope without a valid tool_call gets a validation error frame", () =>
       Effect.gen(function*() {
         const client = yield* connect
-        const noCall = only(
+        const noCall = WsClient.only(
           yield* sendRaw(client, JSON.stringify({ type: "tool_execute", request_id: "bad1", payload: {} })),
           "error"
         )
@@ -236,13 +225,13 @@ describe("tools over /ws", () => {
         expect(noCall.data).toEqual({ category: "validation", code: "invalid_payload", retryable: false })
         expect(noCall.error).toContain("payload.tool_call")
 
-        const noPayload = only(
+        const noPayload = WsClient.only(
           yield* sendRaw(client, JSON.stringify({ type: "tool_execute", request_id: "bad2" })),
           "error"
         )
         expect(noPayload.data.code).toBe("invalid_payload")
 
-        const noName = only(
+        const noName = WsClient.only(
           yield* sendRaw(
             client,
             JSON.stringify({
@@ -261,7 +250,7 @@ describe("tools over /ws", () => {
       Effect.gen(function*() {
         const client = yield* connect
         const frames = yield* sendRaw(client, seedChatExample)
-        const response = only(frames, "chat_completion_response")
+        const response = WsClient.only(frames, "chat_completion_response")
         expect(response.request_id).toBe("req-123")
         const choice = response.data.choices[0]
         expect(choice?.finish_reason).toBe("tool_calls")
@@ -302,7 +291,7 @@ describe("tools over /ws", () => {
           messages: [{ role: "user", content: "hi" }],
           tools: [seedWeatherTool, openAiShaped, "calculator", { name: "no_params" }]
         })
-        only(frames, "chat_completion_response")
+        WsClient.only(frames, "chat_completion_response")
         expect(fake.requestCount).toBe(1)
         expect(fake.lastRequest?.fields["tools"]).toEqual([
           { type: "function", function: seedWeatherTool },
@@ -343,7 +332,7 @@ describe("tools over /ws", () => {
           messages: [{ role: "user", content: "hi" }],
           tools: ["get_weather", "get_stock_price"]
         })
-        const error = only(frames, "error")
+        const error = WsClient.only(frames, "error")
         expect(error.data).toEqual({ category: "validation", code: "unknown_tool", retryable: false })
         expect(error.error).toContain("get_stock_price")
         for (const name of BUILTIN_NAMES) expect(error.error).toContain(name)
@@ -354,7 +343,7 @@ describe("tools over /ws", () => {
             request_id: "unknown-stream",
             payload: { messages: [{ role: "user", content: "hi" }], tools: ["nope"] }
           }))
-        expect(only(stream, "error").data.code).toBe("unknown_tool")
+        expect(WsClient.only(stream, "error").data.code).toBe("unknown_tool")
         expect(stream.filter(WsClient.frameOf("chat_completion_stream_end"))).toHaveLength(0)
         expect(fake.requestCount).toBe(0)
       }))
@@ -393,7 +382,7 @@ describe("tools over /ws", () => {
         fake.enqueue(Behaviour.json(completion({ toolCalls: [seedCall] })))
         const client = yield* connect
         const frames = yield* sendRaw(client, seedChatExample)
-        const response = only(frames, "chat_completion_response")
+        const response = WsClient.only(frames, "chat_completion_response")
         expect(response.request_id).toBe("req-123")
         expect(response.data.choices[0]?.message.content).toBeNull()
         expect(response.data.choices[0]?.message.tool_calls).toEqual([
@@ -417,7 +406,7 @@ describe("tools over /ws", () => {
         const upstream = completion({ toolCalls: specs })
         fake.enqueue(Behaviour.json(upstream))
         const frames = yield* chat("calls", { messages: [{ role: "user", content: "hi" }], tools: "registry" })
-        const response = only(frames, "chat_completion_response")
+        const response = WsClient.only(frames, "chat_completion_response")
         const choice = response.data.choices[0]
         expect(choice?.finish_reason).toBe("tool_calls")
         expect(choice?.message.content).toBeNull()
@@ -459,7 +448,7 @@ describe("tools over /ws", () => {
         const indices = chunks.flatMap((c) => c.data.choices.flatMap((ch) => (ch.delta.tool_calls ?? []).map((d) => d.index)))
         expect(indices.slice(0, 6)).toEqual([0, 1, 2, 0, 1, 2])
 
-        const end = only(frames, "chat_completion_stream_end").data
+        const end = WsClient.only(frames, "chat_completion_stream_end").data
         expect(end.finish_reason).toBe("tool_calls")
         expect(end.content).toBe("")
         expect(end.tool_calls).toEqual(specs.map((spec) => ({
@@ -491,7 +480,7 @@ describe("tools over /ws", () => {
         ]
         fake.enqueue(Behaviour.json(completion({ content: "18°C and sunny; 5." })))
         const frames = yield* chat("continue", { messages, tools: "registry" })
-        const response = only(frames, "chat_completion_response")
+        const response = WsClient.only(frames, "chat_completion_response")
         expect(response.data.choices[0]?.message.content).toBe("18°C and sunny; 5.")
         expect(fake.requestCount).toBe(1)
         expect(fake.lastRequest?.fields["messages"]).toEqual(messages)
@@ -503,7 +492,7 @@ describe("tools over /ws", () => {
           request_id: "continue-stream",
           payload: { messages, tools: "registry" }
         })
-        expect(only(streamed, "chat_completion_stream_end").data.finish_reason).toBe("stop")
+        expect(WsClient.only(streamed, "chat_completion_stream_end").data.finish_reason).toBe("stop")
         expect(fake.requestCount).toBe(2)
         expect(fake.lastRequest?.fields["messages"]).toEqual(messages)
       }))
@@ -514,7 +503,7 @@ describe("tools over /ws", () => {
         const frames = yield* chat("no-id", {
           messages: [{ role: "user", content: "hi" }, { role: "tool", content: "result" }]
         } as never)
-        const error = only(frames, "error")
+        const error = WsClient.only(frames, "error")
         expect(error.data.code).toBe("invalid_payload")
         expect(error.error).toContain("tool_call_id")
         expect(fake.requestCount).toBe(0)

@@ -22,10 +22,13 @@ export interface Options {
   readonly openai?: Layer.Layer<OpenAi, never, AppConfig>
 }
 
-/** The server; its output includes HttpServer (for the port) and the services. */
-export const layer = (options: Options = {}) =>
+/**
+ * The server with the given tools layer (which may provide test services
+ * too); its output includes HttpServer (for the port) and the services.
+ */
+export const withTools = <Tools>(tools: Layer.Layer<Tools, never, AppConfig>, options: Options = {}) =>
   AiBaseServer.layerServer.pipe(
-    Layer.provideMerge(Layer.mergeAll(Hub.layer, AiBaseServer.layerTools, options.openai ?? OfflineModel.layer)),
+    Layer.provideMerge(Layer.mergeAll(Hub.layer, tools, options.openai ?? OfflineModel.layer)),
     Layer.provide(Logging.layer),
     Layer.provideMerge(AppConfig.layerFromEnv({
       SERVER_HOST: "127.0.0.1",
@@ -37,10 +40,13 @@ export const layer = (options: Options = {}) =>
     Layer.orDie
   )
 
-/** The server against a fake OpenAI upstream (provided too, for scripting it). */
-export const layerWithFakeUpstream = (env: Record<string, string> = {}) =>
+/** The server with the built-in tools. */
+export const layer = (options: Options = {}) => withTools(AiBaseServer.layerTools, options)
+
+/** The server with the given tools against a fake OpenAI upstream (provided too, for scripting it). */
+export const withToolsAndFakeUpstream = <Tools>(tools: Layer.Layer<Tools, never, AppConfig>, env: Record<string, string> = {}) =>
   Layer.unwrapEffect(Effect.map(FakeOpenAIService, (fake) =>
-    layer({
+    withTools(tools, {
       env: {
         OPENAI_API_KEY: TEST_API_KEY,
         OPENAI_BASE_URL: fake.baseUrl,
@@ -49,6 +55,10 @@ export const layerWithFakeUpstream = (env: Record<string, string> = {}) =>
       },
       openai: OpenAiSdk.layer
     }))).pipe(Layer.provideMerge(FakeOpenAIService.Default))
+
+/** The server with the built-in tools against a fake OpenAI upstream. */
+export const layerWithFakeUpstream = (env: Record<string, string> = {}) =>
+  withToolsAndFakeUpstream(AiBaseServer.layerTools, env)
 
 /** The server's base URLs. */
 export const urls = Effect.map(HttpServer.HttpServer, (server) => {

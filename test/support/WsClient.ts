@@ -31,6 +31,19 @@ export interface WsClient {
   readonly close: (code?: number) => Effect.Effect<Closed>
 }
 
+/** The one frame of `type` among a request's frames (fails the test otherwise). */
+export const only = <T extends ServerFrame["type"]>(
+  frames: ReadonlyArray<ServerFrame>,
+  type: T
+): Extract<ServerFrame, { readonly type: T }> => {
+  const found = frames.filter(frameOf(type))
+  const [frame] = found
+  if (found.length !== 1 || frame === undefined) {
+    throw new Error(`expected one ${type} frame, got ${JSON.stringify(frames)}`)
+  }
+  return frame
+}
+
 export const frameOf = <T extends ServerFrame["type"]>(type: T, requestId?: string) =>
 (frame: ServerFrame): frame is Extract<ServerFrame, { readonly type: T }> =>
   frame.type === type && (requestId === undefined || frame.request_id === requestId)

@@ -1,4 +1,4 @@
-import { describe, expect, it, layer } from "@effect/vitest"
+import { describe, expect, layer } from "@effect/vitest"
 import { Chunk, Effect, Exit, Fiber, Layer, Option, Ref, Stream, TestClock } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
 import * as OfflineModel from "../../src/openai/OfflineModel.js"
