@@ -6,47 +6,17 @@
  * Servers run as child processes on 127.0.0.1; this process is the client.
  * Every loop is bounded in count and time.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
-import { fileURLToPath } from "node:url"
 import WebSocket from "ws"
+import * as ServerProcess from "../test/support/ServerProcess.js"
 
-const root = fileURLToPath(new URL("..", import.meta.url))
 const PINGS = Number(process.env["BENCH_PINGS"] ?? 20_000)
 const ROUNDS = Number(process.env["BENCH_ROUNDS"] ?? 3)
-const IDLE_CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 1000)
+const IDLE_CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 2000)
 const STREAM_CLIENTS = Number(process.env["BENCH_STREAM_CLIENTS"] ?? 50)
 
-interface Server {
-  readonly port: number
-  readonly child: ChildProcess
-}
-
-const start = (script: string, env: Record<string, string> = {}): Promise<Server> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", script], {
-      cwd: root,
-      env: { ...process.env, SERVER_HOST: "127.0.0.1", SERVER_PORT: "0", LLM_PROVIDER: "offline", LOG_LEVEL: "info", ...env },
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let output = ""
-    const onData = (chunk: Buffer) => {
-      output += chunk.toString()
-      const port = output.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/i)?.[1]
-      if (port !== undefined) resolve({ port: Number(port), child })
-    }
-    child.stdout.on("data", onData)
-    child.stderr.on("data", onData)
-    child.on("exit", (code) => reject(new Error(`${script} exited with ${code}: ${output}`)))
-    setTimeout(() => reject(new Error(`${script} did not start: ${output}`)), 20_000).unref()
-  })
-
-const stop = (server: Server) =>
-  new Promise<void>((resolve) => {
-    server.child.once("exit", () => resolve())
-    server.child.kill("SIGTERM")
-    setTimeout(() => server.child.kill("SIGKILL"), 5_000).unref()
-  })
+const start = (script: string, env: Record<string, string> = {}) =>
+  ServerProcess.start({ script, env: { LLM_PROVIDER: "offline", LOG_LEVEL: "info", ...env } })
 
 const rssKiB = (pid: number): number => {
   const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("VmRSS:"))
@@ -162,25 +132,34 @@ const main = async () => {
 
     const chunkRate = await streaming(wsUrl, STREAM_CLIENTS)
     console.log(`\nStreaming: ${STREAM_CLIENTS} clients, offline model without delay: ${format(chunkRate)} chunk frames/s`)
-
-    const before = rssKiB(aibase.child.pid ?? 0)
-    const idle = await Promise.all(Array.from({ length: IDLE_CONNECTIONS }, () => open(wsUrl)))
-    await new Promise((resolve) => setTimeout(resolve, 500))
-    const after = rssKiB(aibase.child.pid ?? 0)
-    const baseBefore = rssKiB(baseline.child.pid ?? 0)
-    const baseIdle = await Promise.all(Array.from({ length: IDLE_CONNECTIONS }, () => open(baseUrl)))
-    await new Promise((resolve) => setTimeout(resolve, 500))
-    const baseAfter = rssKiB(baseline.child.pid ?? 0)
-    const perAiBase = ((after - before) * 1024) / IDLE_CONNECTIONS
-    const perBase = ((baseAfter - baseBefore) * 1024) / IDLE_CONNECTIONS
-    console.log(`\nMemory for ${IDLE_CONNECTIONS} idle connections (RSS growth)`)
-    console.table({
-      "bare ws (baseline)": { "KiB per connection": (perBase / 1024).toFixed(1), "vs baseline": "1.00" },
-      "AIBase /ws": { "KiB per connection": (perAiBase / 1024).toFixed(1), "vs baseline": (perAiBase / Math.max(perBase, 1)).toFixed(2) }
-    })
-    for (const socket of [...idle, ...baseIdle]) socket.terminate()
   } finally {
-    await Promise.all([stop(baseline), stop(aibase)])
+    await Promise.all([ServerProcess.stop(baseline), ServerProcess.stop(aibase)])
+  }
+
+  // Memory on fresh processes, so garbage from the runs above does not blur it.
+  const idleBaseline = await start("bench/baseline-server.ts")
+  const idleAiBase = await start("src/main.ts")
+  try {
+    const perConnection = async (server: ServerProcess.ServerProcess, url: string) => {
+      const warm = await Promise.all(Array.from({ length: 20 }, () => open(url)))
+      for (const socket of warm) socket.close()
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      const before = rssKiB(server.child.pid ?? 0)
+      const sockets = await Promise.all(Array.from({ length: IDLE_CONNECTIONS }, () => open(url)))
+      await new Promise((resolve) => setTimeout(resolve, 1000))
+      const after = rssKiB(server.child.pid ?? 0)
+      for (const socket of sockets) socket.terminate()
+      return (after - before) / IDLE_CONNECTIONS
+    }
+    const base = await perConnection(idleBaseline, `ws://127.0.0.1:${idleBaseline.port}`)
+    const ours = await perConnection(idleAiBase, `ws://127.0.0.1:${idleAiBase.port}/ws`)
+    console.log(`\nMemory for ${IDLE_CONNECTIONS} idle connections (RSS growth of a fresh process)`)
+    console.table({
+      "bare ws (baseline)": { "KiB per connection": base.toFixed(1), "vs baseline": "1.00" },
+      "AIBase /ws": { "KiB per connection": ours.toFixed(1), "vs baseline": (ours / Math.max(base, 0.1)).toFixed(2) }
+    })
+  } finally {
+    await Promise.all([ServerProcess.stop(idleBaseline), ServerProcess.stop(idleAiBase)])
   }
 }
 

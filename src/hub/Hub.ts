@@ -5,7 +5,7 @@
  * drain: refuse new work, let in-flight requests finish within the grace
  * period, then ask every connection to close.
  */
-import { Context, Data, Deferred, Duration, Effect, type Fiber, FiberId, HashSet, Layer, Option, type Scope } from "effect"
+import { Context, Data, Duration, Effect, type Fiber, FiberId, HashSet, Layer, Option, type Scope } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { UnavailableError } from "../protocol/Errors.js"
 
@@ -14,8 +14,12 @@ export type Transport = "ws" | "rpc"
 /** A connection's membership in the Hub. */
 export interface Membership {
   readonly id: number
-  /** Completes when the server wants this connection to wind down and close. */
-  readonly shutdown: Deferred.Deferred<void>
+  /**
+   * Sets how the connection closes when the server shuts down (after its
+   * requests have finished or been stopped). The Hub runs it; by default the
+   * connection is left to the server's own teardown.
+   */
+  readonly onShutdown: (close: Effect.Effect<void>) => void
 }
 
 /** Why a connection was not admitted. */
@@ -71,7 +75,7 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
   static readonly make = Effect.gen(function*() {
     const config = yield* AppConfig
     const maxConnections = config.limits.maxConnections
-    const members = new Map<number, { readonly transport: Transport; readonly membership: Membership }>()
+    const members = new Map<number, { readonly transport: Transport; close: Effect.Effect<void> }>()
     // The fibers running requests. Plain mutable state: it is touched on
     // every request, and JavaScript runs one fiber step at a time.
     const running = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
@@ -88,11 +92,15 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
         Effect.suspend(() => {
           if (draining) return Effect.fail(new ConnectionRefused({ reason: "shutting_down" }))
           if (members.size >= maxConnections) return Effect.fail(new ConnectionRefused({ reason: "too_many_connections" }))
-          return Effect.map(Deferred.make<void>(), (shutdown) => {
-            const membership: Membership = { id: ++nextId, shutdown }
-            members.set(membership.id, { transport, membership })
-            return membership
-          })
+          const member = { transport, close: Effect.void }
+          const membership: Membership = {
+            id: ++nextId,
+            onShutdown: (close) => {
+              member.close = close
+            }
+          }
+          members.set(membership.id, member)
+          return Effect.succeed(membership)
         }),
         (membership) => Effect.sync(() => members.delete(membership.id))
       )
@@ -135,9 +143,7 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
           // Stopping aborts upstream calls and queues error frames; give it a moment.
           yield* awaitZero(() => running.size, Duration.seconds(1))
         }
-        for (const { membership } of members.values()) {
-          yield* Deferred.succeed(membership.shutdown, undefined)
-        }
+        yield* Effect.forEach(members.values(), (member) => member.close, { concurrency: "unbounded", discard: true })
         yield* awaitZero(() => members.size, Duration.seconds(2))
       })
 

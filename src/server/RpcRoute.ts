@@ -118,10 +118,7 @@ const route = Layer.effectDiscard(Effect.gen(function*() {
     PATH,
     upgrader.route("rpc", ({ raw, socket }, membership) =>
       Effect.gen(function*() {
-        yield* Deferred.await(membership.shutdown).pipe(
-          Effect.zipRight(Effect.sync(() => raw.close(1001, "server shutting down"))),
-          Effect.forkScoped
-        )
+        membership.onShutdown(Effect.sync(() => raw.close(1001, "server shutting down")))
         yield* dropWhenNotReading(raw, limits.maxBufferedBytes, server.writeTimeout).pipe(Effect.forkScoped)
         yield* sockets.serve(socket)
       }))

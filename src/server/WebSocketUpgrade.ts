@@ -5,13 +5,12 @@
  * 1009 before more than the limit is buffered), so the upgrade happens here,
  * on a `ws` server we configure. Both /ws and /rpc use it.
  *
- * Every upgraded socket also gets a heartbeat: a ping every
- * WS_PING_INTERVAL_SECONDS, and a client that missed the previous pong is
- * dropped.
+ * Upgraded sockets share a heartbeat: a ping every WS_PING_INTERVAL_SECONDS,
+ * and a client that missed the previous pong is dropped.
  */
 import { HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Context, Duration, Effect, Layer, type Scope } from "effect"
+import { Context, Effect, Layer, type Scope } from "effect"
 import { type WebSocket, WebSocketServer } from "ws"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ConnectionRefused, Hub, type Membership, type Transport } from "../hub/Hub.js"
@@ -78,6 +77,22 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
       (server) => Effect.async<void>((resume) => server.close(() => resume(Effect.void)))
     )
 
+    // One heartbeat for all sockets: a ping every interval, and a socket that
+    // did not answer the previous ping is dropped.
+    const heartbeat = new Map<WebSocket, { answered: boolean }>()
+    const beat = Effect.sync(() => {
+      for (const [raw, state] of heartbeat) {
+        if (raw.readyState !== raw.OPEN) continue
+        if (!state.answered) {
+          raw.terminate()
+          continue
+        }
+        state.answered = false
+        raw.ping()
+      }
+    })
+    yield* beat.pipe(Effect.delay(config.limits.pingInterval), Effect.forever, Effect.forkScoped)
+
     const upgrade = (request: HttpServerRequest.HttpServerRequest) =>
       Effect.gen(function*() {
         const incoming = NodeHttpServerRequest.toIncomingMessage(request)
@@ -94,7 +109,16 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
         // ws reports protocol errors (such as an oversized frame) as events; without
         // a listener an 'error' event would crash the process.
         raw.on("error", () => {})
-        yield* heartbeat(raw, config.limits.pingInterval).pipe(Effect.forkScoped)
+        yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const state = { answered: true }
+            raw.on("pong", () => {
+              state.answered = true
+            })
+            heartbeat.set(raw, state)
+          }),
+          () => Effect.sync(() => heartbeat.delete(raw))
+        )
         const socket = yield* Socket.fromWebSocket(
           // ws implements the WHATWG WebSocket interface the platform Socket expects.
           Effect.succeed(raw as unknown as globalThis.WebSocket),
@@ -128,21 +152,3 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
     WebSocketUpgrade.make
   )
 }
-
-/** Pings the client every `interval`; a client that did not answer the last ping is dropped. */
-const heartbeat = (raw: WebSocket, interval: Duration.Duration) =>
-  Effect.suspend(() => {
-    let answered = true
-    raw.on("pong", () => {
-      answered = true
-    })
-    return Effect.sync(() => {
-      if (raw.readyState !== raw.OPEN) return
-      if (!answered) {
-        raw.terminate()
-        return
-      }
-      answered = false
-      raw.ping()
-    }).pipe(Effect.delay(interval), Effect.forever)
-  })

@@ -10,7 +10,7 @@
  * request, and interrupting a request aborts its upstream call.
  */
 import { Socket } from "@effect/platform"
-import { Deferred, Duration, Effect, Either, Fiber, FiberSet, Queue, Schema } from "effect"
+import { Duration, Effect, Either, Fiber, FiberSet, Queue, Schema } from "effect"
 import type { AppConfigShape } from "../config/AppConfig.js"
 import { type Hub, isShutdown, type Membership, stoppedAtShutdown } from "../hub/Hub.js"
 import { type AiBaseError, CancelledError, InternalError, OverloadedError, ValidationError } from "../protocol/Errors.js"
@@ -45,7 +45,7 @@ const decodeCancel = Schema.decodeUnknownEither(CancelRequest)
 const cancelled = new CancelledError({ code: "cancelled", message: "The request was cancelled by the client" })
 const internal = new InternalError({ code: "internal_error", message: "The request failed unexpectedly" })
 
-export const run = Effect.fn("WsConnection")(function*(options: ConnectionOptions) {
+export const run = (options: ConnectionOptions) => Effect.gen(function*() {
   const { config, envelope, hub, membership } = options
   const { raw, socket } = options.upgraded
   const limits = config.limits
@@ -178,10 +178,9 @@ export const run = Effect.fn("WsConnection")(function*(options: ConnectionOption
 
   // Server shutdown: the Hub has already stopped what still ran (its error
   // frames are queued), so close after them with 1001.
-  yield* Deferred.await(membership.shutdown).pipe(
-    Effect.zipRight(Queue.offer(outbound, new Socket.CloseEvent(1001, "server shutting down"))),
-    Effect.forkScoped
-  )
+  membership.onShutdown(Effect.sync(() => {
+    if (!Queue.unsafeOffer(outbound, new Socket.CloseEvent(1001, "server shutting down"))) raw.terminate()
+  }))
 
   yield* socket.runRaw(onFrame).pipe(Effect.ignore)
 })

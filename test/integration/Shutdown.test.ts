@@ -4,56 +4,19 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Schedule } from "effect"
-import { type ChildProcess, spawn } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
+import * as ServerProcess from "../support/ServerProcess.js"
 import * as WsClient from "../support/WsClient.js"
 
-const projectRoot = fileURLToPath(new URL("../..", import.meta.url))
 const API_KEY = "sk-shutdown-test-SECRET-1234567890"
 const TOKEN = "auth-token-SECRET-0987"
 
-interface Child {
-  readonly process: ChildProcess
-  readonly port: number
-  readonly output: () => string
-  readonly exited: Effect.Effect<number | null>
-}
-
-/** Starts `npm start`'s command with the given environment and waits until it listens. */
+/** The real server process, killed when the scope closes. */
 const startServer = (env: Record<string, string>) =>
   Effect.acquireRelease(
-    Effect.async<Child, Error>((resume) => {
-      const { OPENAI_API_KEY: _key, OPENAI_BASE_URL: _url, AUTH_TOKENS: _tokens, ...inherited } = process.env
-      const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
-        cwd: projectRoot,
-        env: { ...inherited, SERVER_HOST: "127.0.0.1", SERVER_PORT: "0", LOG_FORMAT: "json", ...env },
-        stdio: ["ignore", "pipe", "pipe"]
-      })
-      let output = ""
-      const exitCode = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
-      let started = false
-      const onData = (chunk: Buffer) => {
-        output += chunk.toString()
-        const match = output.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/)
-        if (match?.[1] && !started) {
-          started = true
-          resume(Effect.succeed({
-            process: child,
-            port: Number(match[1]),
-            output: () => output,
-            exited: Effect.promise(() => exitCode)
-          }))
-        }
-      }
-      child.stdout?.on("data", onData)
-      child.stderr?.on("data", onData)
-      child.on("exit", (code) => {
-        if (!started) resume(Effect.fail(new Error(`server exited with ${code}: ${output}`)))
-      })
-    }),
-    (child) => Effect.sync(() => child.process.kill("SIGKILL"))
-  )
+    Effect.tryPromise({ try: () => ServerProcess.start({ env }), catch: (error) => error instanceof Error ? error : new Error(String(error)) }),
+    (server) => Effect.sync(() => server.child.kill("SIGKILL"))
+  ).pipe(Effect.map((server) => ({ ...server, exitCode: Effect.promise(() => server.exited) })))
 
 describe("graceful shutdown", () => {
   it.scopedLive("SIGTERM: /health turns 503, upgrades are refused, in-flight work gets the grace period, the rest is stopped", () =>
@@ -83,7 +46,7 @@ describe("graceful shutdown", () => {
       yield* client.waitFor(WsClient.frameOf("chat_completion_stream_chunk", "long"))
 
       const signalledAt = Date.now()
-      server.process.kill("SIGTERM")
+      server.child.kill("SIGTERM")
 
       const health = yield* Effect.promise(() => fetch(`${http}/health`).then(async (r) => ({ status: r.status, body: await r.json() }))).pipe(
         Effect.filterOrFail((h) => h.status === 503, () => "still ok"),
@@ -104,7 +67,7 @@ describe("graceful shutdown", () => {
 
       const closed = yield* client.closed
       expect(closed.code).toBe(1001)
-      const code = yield* server.exited.pipe(Effect.timeout("5 seconds"))
+      const code = yield* server.exitCode.pipe(Effect.timeout("5 seconds"))
       expect(code).toBe(0)
       expect(Date.now() - signalledAt).toBeLessThan(Duration.toMillis("1.5 seconds") + 2500)
 
@@ -117,7 +80,7 @@ describe("graceful shutdown", () => {
   it.scopedLive("an invalid setting stops startup with exit code 1 and one message naming the variable", () =>
     Effect.gen(function*() {
       const failed = yield* Effect.flip(startServer({ SERVER_PORT: "abc" }))
-      expect(failed.message).toMatch(/exited with 1/)
+      expect(failed.message).toMatch(/exited with code 1/)
       expect(failed.message).toContain("Invalid configuration")
       expect(failed.message).toContain("SERVER_PORT")
     }), { timeout: 30_000 })

@@ -5,11 +5,11 @@
  *
  * Run with `bash scripts/test-browser.sh`, which installs chromium if needed.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { type Browser, chromium, type Page } from "playwright-core"
 import { createServer, type ViteDevServer } from "vite"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import * as ServerProcess from "../../../test/support/ServerProcess.js"
 
 declare global {
   interface Window {
@@ -20,54 +20,16 @@ declare global {
 }
 
 const exampleRoot = fileURLToPath(new URL("..", import.meta.url))
-const repoRoot = fileURLToPath(new URL("../../..", import.meta.url))
 const CHROMIUM = "/usr/bin/chromium"
 const HOST = "127.0.0.1"
 
 // ---------------------------------------------------------------------------
-// AIBase servers as child processes
+// AIBase servers as child processes (offline model)
 
-interface AiBase {
-  readonly child: ChildProcess
-  readonly port: number
-  readonly exited: Promise<void>
-}
+type AiBase = ServerProcess.ServerProcess
 
 const startAiBase = (env: Record<string, string> = {}, port = 0): Promise<AiBase> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
-      cwd: repoRoot,
-      env: {
-        ...process.env,
-        SERVER_HOST: HOST,
-        SERVER_PORT: String(port),
-        LLM_PROVIDER: "offline",
-        LOG_FORMAT: "json",
-        AUTH_TOKENS: "",
-        ...env
-      },
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    const exited = new Promise<void>((done) => child.once("exit", () => done()))
-    let output = ""
-    const timer = setTimeout(() => fail(new Error("the server did not start within 30 s")), 30_000)
-    const fail = (error: Error) => {
-      clearTimeout(timer)
-      child.kill("SIGKILL")
-      reject(new Error(`${error.message}\n${output}`))
-    }
-    const onData = (data: Buffer) => {
-      output += data.toString()
-      const match = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(output)
-      if (match?.[1] !== undefined) {
-        clearTimeout(timer)
-        resolve({ child, port: Number(match[1]), exited })
-      }
-    }
-    child.stdout?.on("data", onData)
-    child.stderr?.on("data", onData)
-    child.once("exit", (code) => fail(new Error(`the server exited with code ${code}`)))
-  })
+  ServerProcess.start({ env: { LLM_PROVIDER: "offline", SERVER_PORT: String(port), ...env } })
 
 const portOf = (server: AiBase | undefined): number => {
   if (server === undefined) throw new Error("the server did not start")
@@ -75,13 +37,7 @@ const portOf = (server: AiBase | undefined): number => {
 }
 
 const stopAiBase = async (server: AiBase | undefined, signal: NodeJS.Signals = "SIGTERM"): Promise<void> => {
-  if (server === undefined || server.child.exitCode !== null || server.child.signalCode !== null) return
-  server.child.kill(signal)
-  const timeout = new Promise<"timeout">((done) => setTimeout(() => done("timeout"), 5_000))
-  if ((await Promise.race([server.exited, timeout])) === "timeout") {
-    server.child.kill("SIGKILL")
-    await server.exited
-  }
+  if (server !== undefined) await ServerProcess.stop(server, signal)
 }
 
 // ---------------------------------------------------------------------------
