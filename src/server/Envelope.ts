@@ -58,12 +58,12 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc>> = Ef
     const names: { readonly request: string; readonly response?: string } = WireNames[rpc._tag]
     const invoke = handlerOf(context, rpc.key)
     const payloadSchema: Schema.Schema.AnyNoContext = rpc.payloadSchema
-    const decodePayload = Schema.decodeUnknown(payloadSchema, { errors: "all", onExcessProperty: "ignore" })
-    const call = (payload: unknown) =>
-      decodePayload(payload).pipe(
-        Effect.mapError((error) => validationError("invalid_payload", error, ["payload"])),
-        Effect.map(invoke)
-      )
+    const decodePayload = Schema.decodeUnknownEither(payloadSchema, { errors: "all", onExcessProperty: "ignore" })
+    const call = (payload: unknown): Effect.Effect<Result, AiBaseError> =>
+      Either.match(decodePayload(payload), {
+        onLeft: (error) => Effect.fail(validationError("invalid_payload", error, ["payload"])),
+        onRight: (decoded) => Effect.succeed(invoke(decoded))
+      })
     const successSchema: Schema.Schema.AnyNoContext = rpc.successSchema
 
     let run: Route["run"]
@@ -173,8 +173,9 @@ const handlerOf = (context: Context.Context<never>, key: string) => {
   return (payload: unknown): Result => {
     const result = handler(payload, { clientId: 0, headers: Headers.empty })
     const value = Rpc.isWrapper(result) ? result.value : result
+    // The handler's own context is all it needs, so it replaces the caller's.
     return Effect.isEffect(value)
-      ? value.pipe(Effect.mapError(toAiBaseError), Effect.provide(handlerContext))
+      ? value.pipe(Effect.mapError(toAiBaseError), Effect.mapInputContext(() => handlerContext))
       : value.pipe(Stream.mapError(toAiBaseError), Stream.provideContext(handlerContext))
   }
 }

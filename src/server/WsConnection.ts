@@ -49,7 +49,6 @@ export const run = (options: ConnectionOptions) => Effect.gen(function*() {
   const { config, envelope, hub, membership } = options
   const { raw, socket } = options.upgraded
   const limits = config.limits
-  const write = yield* socket.writer
   const outbound = yield* Queue.bounded<string | Socket.CloseEvent>(OUTBOUND_CAPACITY)
   const requests = new Map<string, InFlight>()
   const fibers = yield* FiberSet.make()
@@ -80,13 +79,19 @@ export const run = (options: ConnectionOptions) => Effect.gen(function*() {
       onTimeout: () => `nothing read for ${Duration.format(config.server.writeTimeout)}`
     })
   )
-  yield* Effect.gen(function*() {
-    const frames = yield* Queue.takeBetween(outbound, 1, WRITE_BATCH)
-    for (const frame of frames) yield* write(frame)
-    if (raw.bufferedAmount > limits.maxBufferedBytes) yield* waitUntilDrained
-  }).pipe(
+  // Writes go straight to ws: the socket is open by the time anything is queued.
+  const writeAll = (frames: Iterable<string | Socket.CloseEvent>) =>
+    Effect.sync(() => {
+      for (const frame of frames) {
+        if (Socket.isCloseEvent(frame)) raw.close(frame.code, frame.reason)
+        else raw.send(frame)
+      }
+    })
+  yield* Queue.takeBetween(outbound, 1, WRITE_BATCH).pipe(
+    Effect.flatMap(writeAll),
+    Effect.zipRight(Effect.suspend(() => raw.bufferedAmount > limits.maxBufferedBytes ? waitUntilDrained : Effect.void)),
     Effect.forever,
-    Effect.catchAll((why) => typeof why === "string" ? dropSlowClient(why) : Effect.void),
+    Effect.catchAll(dropSlowClient),
     Effect.forkScoped
   )
 
