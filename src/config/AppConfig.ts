@@ -69,7 +69,7 @@ const config = Config.all({
     timeout: seconds("OPENAI_TIMEOUT_SECONDS", 60),
     maxRetries: withDefault("OPENAI_MAX_RETRIES", NonNegativeInt.pipe(Schema.lessThanOrEqualTo(10)), 2)
   }),
-  providerChoice: withDefault("LLM_PROVIDER", Schema.Literal("auto", "openai", "offline"), "auto" as ProviderChoice),
+  providerChoice: withDefault("LLM_PROVIDER", Schema.Literal("auto", "openai", "offline"), "auto"),
   offline: Config.all({
     embeddingDimensions: withDefault("OFFLINE_EMBEDDING_DIMENSIONS", PositiveInt.pipe(Schema.lessThanOrEqualTo(4096)), 256),
     wordDelay: withDefault("OFFLINE_WORD_DELAY_MS", NonNegativeInt, 15).pipe(Config.map(Duration.millis))
@@ -88,7 +88,7 @@ const config = Config.all({
   toolTimeout: seconds("TOOL_TIMEOUT_SECONDS", 10),
   log: Config.all({
     level: withDefault("LOG_LEVEL", LogLevelName, "info").pipe(Config.map((name) => logLevels[name])),
-    format: withDefault("LOG_FORMAT", Schema.Literal("pretty", "json"), "pretty" as LogFormat)
+    format: withDefault("LOG_FORMAT", Schema.Literal("pretty", "json"), "pretty")
   }),
   // Reserved for the persistence work; read so that a typo shows up early.
   db: Config.all({
