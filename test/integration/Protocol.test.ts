@@ -3,7 +3,8 @@
  * bad input, cancel and limits, over a real WebSocket.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { OfflineModel, OpenAi } from "aibase"
+import { Effect, Layer } from "effect"
 import * as TestServer from "../support/TestServer.js"
 import * as WsClient from "../support/WsClient.js"
 
@@ -192,4 +193,30 @@ describe("/ws protocol", () => {
         }))
     }
   )
+})
+
+describe("/ws protocol, internal failures", () => {
+  /** A model whose calls crash: a bug on our side, as far as the client can tell. */
+  const CrashingModel = Layer.effect(
+    OpenAi,
+    Effect.map(OfflineModel.make, (offline) =>
+      OpenAi.of({ ...offline, createChatCompletion: () => Effect.die(new Error("secret internal detail")) }))
+  )
+
+  layer(TestServer.layer({ openai: CrashingModel }), { excludeTestServices: true })("crashing model", (it) => {
+    it.scoped("a crash becomes an `internal` error frame without its details, and the connection goes on", () =>
+      Effect.gen(function*() {
+        const client = yield* connect
+        const [error] = yield* client.request({
+          type: "chat_completion",
+          request_id: "boom",
+          payload: { messages: [{ role: "user", content: "hi" }] }
+        })
+        if (error?.type !== "error") return expect.fail(JSON.stringify(error))
+        expect(error.data).toEqual({ category: "internal", code: "internal_error", retryable: false })
+        expect(error.error).not.toContain("secret internal detail")
+        const [pong] = yield* client.request({ type: "ping", request_id: "after" })
+        expect(pong?.type).toBe("pong")
+      }))
+  })
 })

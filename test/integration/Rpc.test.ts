@@ -4,9 +4,9 @@
  */
 import { NodeSocket } from "@effect/platform-node"
 import { RpcClient, RpcSerialization } from "@effect/rpc"
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { AiBaseRpcs } from "aibase"
-import { Effect, Fiber, Layer, Schedule, Stream } from "effect"
+import { Effect, Fiber, Layer, ManagedRuntime, Schedule, Stream } from "effect"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
 import * as TestServer from "../support/TestServer.js"
 import * as WsClient from "../support/WsClient.js"
@@ -142,4 +142,31 @@ describe("/rpc", () => {
         )
       }))
   })
+})
+
+describe("/rpc at shutdown", () => {
+  it.live("a request that outlives the grace period fails with a typed UnavailableError", () =>
+    Effect.gen(function*() {
+      // The server runs in its own runtime, so the test can shut it down under the client.
+      const server = ManagedRuntime.make(
+        TestServer.layer({ env: { SHUTDOWN_GRACE_SECONDS: "0.5", OFFLINE_WORD_DELAY_MS: "200" } })
+      )
+      const { port } = yield* Effect.promise(() => server.runPromise(TestServer.urls))
+      const outcome = yield* Effect.scoped(Effect.gen(function*() {
+        const client = yield* rpcClient(`ws://127.0.0.1:${port}/rpc`)
+        const stream = yield* client.ChatCompletionStream({ messages: [{ role: "user", content: "a slow story" }] }).pipe(
+          Stream.runCollect,
+          Effect.either,
+          Effect.fork
+        )
+        yield* Effect.sleep("300 millis")
+        yield* Effect.promise(() => server.dispose())
+        return yield* Fiber.join(stream)
+      }))
+      expect(outcome._tag).toBe("Left")
+      if (outcome._tag === "Left") {
+        expect(outcome.left._tag).toBe("UnavailableError")
+        if (outcome.left._tag === "UnavailableError") expect(outcome.left.code).toBe("shutting_down")
+      }
+    }))
 })
