@@ -110,7 +110,7 @@ export const run = (options: ConnectionOptions) => Effect.gen(function*() {
       Effect.catchAll((error) => entry.finished ? Effect.void : emit(envelope.encodeError(requestId, error), true)),
       Effect.catchAllDefect((defect) =>
         Effect.logError("Request failed unexpectedly", defect).pipe(
-          Effect.zipRight(emit(envelope.encodeError(requestId, internal), true))
+          Effect.zipRight(entry.finished ? Effect.void : emit(envelope.encodeError(requestId, internal), true))
         )
       ),
       Effect.onInterrupt((interruptors) =>
