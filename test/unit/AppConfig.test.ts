@@ -21,8 +21,9 @@ describe("AppConfig", () => {
       expect(Duration.toSeconds(config.server.readTimeout)).toBe(30)
       expect(Duration.toSeconds(config.server.writeTimeout)).toBe(30)
       expect(Duration.toSeconds(config.server.shutdownGrace)).toBe(10)
+      // The default upstream, checked part by part (no test ever connects to it).
+      expect(new URL(config.openai.baseUrl)).toMatchObject({ protocol: "https:", hostname: "api.openai.com", pathname: "/v1" })
       expect(config.openai).toMatchObject({
-        baseUrl: "https://api.openai.com/v1",
         model: "gpt-4o-mini",
         embeddingModel: "text-embedding-3-small",
         maxTokens: 1000,
