@@ -1,169 +1,1072 @@
 /**
- * `npm run bench`: throughput and memory of AIBase against a bare `ws`
- * baseline, side by side in one run on this machine (so compare the ratios,
- * not the absolute numbers: the machine is shared).
+ * `npm run bench`: AIBase on the real upstream path (the openai SDK against a
+ * fast fake OpenAI-compatible upstream) beside a floor (a bare `ws` +
+ * `node:http` proxy speaking the same /ws envelope), side by side in one run,
+ * the order alternated between repetitions, medians over repetitions.
+ * Compare the ratios, not the absolute numbers: the machine is shared.
  *
- * Servers run as child processes on 127.0.0.1; this process is the client.
- * Every loop is bounded in count and time.
+ *   npm run bench                       # every scenario, 3 repetitions
+ *   npm run bench -- --quick            # fewer and smaller, under 3 minutes, no scale
+ *   npm run bench -- --only streams-50,pings --reps 5
+ *   npm run bench -- --aibase-env WS_MAX_BUFFERED_BYTES=65536 --aibase-env FOO=bar
+ *   npm run bench -- --dist             # AIBase from dist/main.js instead of src/ through tsx
+ *   npm run bench -- --out /tmp/b.json  # where the JSON goes (default ./bench-results.json)
+ *   npm run bench -- --aibase-http fetch  # which floor AIBase's embeddings are held against
+ *
+ * Scenarios: streams-1, streams-50, streams-200, embeddings, pings, memory,
+ * disconnect, scale-streams, scale-idle (`--only streams` or `--only scale`
+ * selects a family).
+ *
+ * Processes (children, all on 127.0.0.1): the fake upstream
+ * (bench/FakeUpstream.ts), the floor on node:http, the floor on fetch (for
+ * embeddings), AIBase (`node --import tsx src/main.ts`); memory runs on fresh
+ * processes of the floor and AIBase. This process is the client. Every wait
+ * has a deadline, every loop a bound, and a failing request is counted.
  */
-import { readFileSync } from "node:fs"
-import WebSocket from "ws"
-import * as ServerProcess from "../test/support/ServerProcess.js"
+import { readdirSync, statSync, writeFileSync } from "node:fs"
+import { availableParallelism, loadavg } from "node:os"
+import { join, resolve } from "node:path"
+import { type Conn, closeAll, directStream, openMany, runStreams, runWindowed } from "./Load.js"
+import {
+  cpuMicros,
+  freePort,
+  httpGet,
+  openFilesLimit,
+  type Proc,
+  repoRoot,
+  settledRss,
+  spawnNode,
+  stop
+} from "./Processes.js"
+import { defaults as upstreamDefaults, optionsFromEnv, type UpstreamStats } from "./FakeUpstream.js"
 
-const PINGS = Number(process.env["BENCH_PINGS"] ?? 20_000)
-const ROUNDS = Number(process.env["BENCH_ROUNDS"] ?? 3)
-const IDLE_CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 2000)
-const STREAM_CLIENTS = Number(process.env["BENCH_STREAM_CLIENTS"] ?? 50)
+// ---------------------------------------------------------------------------
+// Arguments
+// ---------------------------------------------------------------------------
 
-const start = (script: string, env: Record<string, string> = {}) =>
-  ServerProcess.start({ script, env: { LLM_PROVIDER: "offline", LOG_LEVEL: "info", ...env } })
+const SCENARIOS = [
+  "streams-1",
+  "streams-50",
+  "streams-200",
+  "embeddings",
+  "pings",
+  "memory",
+  "disconnect",
+  "scale-streams",
+  "scale-idle"
+] as const
+type Scenario = typeof SCENARIOS[number]
 
-const rssKiB = (pid: number): number => {
-  const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("VmRSS:"))
-  return Number(line?.match(/(\d+)/)?.[1] ?? 0)
+const usage = () => {
+  console.error(
+    "usage: npm run bench -- [--quick] [--only a,b] [--reps N] [--aibase-env K=V]... [--dist] [--out FILE] [--aibase-http node|fetch]\n" +
+      `scenarios: ${SCENARIOS.join(", ")} (or a family: streams, scale)`
+  )
+  process.exit(2)
 }
 
-const open = (url: string) =>
-  new Promise<WebSocket>((resolve, reject) => {
-    const socket = new WebSocket(url)
-    socket.once("open", () => resolve(socket))
-    socket.once("error", reject)
-  })
-
-const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0
-
-/** Sends `count` frames back to back and waits for as many answers; returns frames per second. */
-const pipelined = async (url: string, frame: (i: number) => string, count: number): Promise<number> => {
-  const socket = await open(url)
-  const started = performance.now()
-  await new Promise<void>((resolve, reject) => {
-    let received = 0
-    socket.on("message", () => {
-      if (++received === count) resolve()
-    })
-    setTimeout(() => reject(new Error(`only ${received}/${count} answers`)), 60_000).unref()
-    for (let i = 0; i < count; i++) socket.send(frame(i))
-  })
-  const elapsed = performance.now() - started
-  socket.close()
-  return count / (elapsed / 1000)
-}
-
-const rpcPing = (i: number) => JSON.stringify({ _tag: "Request", id: String(i), tag: "Ping", payload: {}, headers: [] })
-const wsPing = (i: number) => JSON.stringify({ type: "ping", request_id: `r${i}` })
-
-/** Pings in windows of `window` (the in-flight limit) so none are refused as overloaded. */
-const windowed = async (url: string, frame: (i: number) => string, count: number, window: number) => {
-  const socket = await open(url)
-  const started = performance.now()
-  await new Promise<void>((resolve) => {
-    let sent = 0
-    let received = 0
-    const fill = () => {
-      while (sent - received < window && sent < count) socket.send(frame(sent++))
+const parseArgs = (argv: ReadonlyArray<string>) => {
+  let quick = false
+  let dist = false
+  let only: Array<string> | undefined
+  let reps: number | undefined
+  let out = "bench-results.json"
+  let aibaseHttp: "node" | "fetch" = "node"
+  const aibaseEnv: Record<string, string> = {}
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? ""
+    const [flag, inline] = arg.startsWith("--") && arg.includes("=") && !arg.startsWith("--aibase-env=")
+      ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
+      : arg.startsWith("--aibase-env=")
+      ? ["--aibase-env", arg.slice("--aibase-env=".length)]
+      : [arg, undefined]
+    const value = () => inline ?? argv[++i] ?? usage()
+    switch (flag) {
+      case "--quick":
+        quick = true
+        break
+      case "--dist":
+        dist = true
+        break
+      case "--only":
+        only = value().split(",").map((s) => s.trim()).filter((s) => s.length > 0)
+        break
+      case "--reps":
+        reps = Math.max(1, Math.floor(Number(value())) || 1)
+        break
+      case "--out":
+        out = value()
+        break
+      case "--aibase-http": {
+        const v = value()
+        if (v !== "node" && v !== "fetch") usage()
+        aibaseHttp = v === "fetch" ? "fetch" : "node"
+        break
+      }
+      case "--aibase-env": {
+        const kv = value()
+        const at = kv.indexOf("=")
+        if (at <= 0) usage()
+        aibaseEnv[kv.slice(0, at)] = kv.slice(at + 1)
+        break
+      }
+      case "--help":
+      case "-h":
+        usage()
+        break
+      default:
+        console.error(`unknown argument: ${arg}`)
+        usage()
     }
-    socket.on("message", () => {
-      received++
-      if (received === count) resolve()
-      else fill()
+  }
+  for (const o of only ?? []) {
+    if (!SCENARIOS.some((s) => s === o || s.startsWith(`${o}-`))) {
+      console.error(`unknown scenario: ${o}`)
+      usage()
+    }
+  }
+  return { quick, dist, only, reps, out: resolve(process.cwd(), out), aibaseHttp, aibaseEnv }
+}
+
+const args = parseArgs(process.argv.slice(2))
+
+const selected = (scenario: Scenario): boolean =>
+  args.only === undefined
+    ? !(args.quick && scenario.startsWith("scale-"))
+    : args.only.some((o) => scenario === o || scenario.startsWith(`${o}-`))
+
+const profile = args.quick
+  ? {
+    reps: args.reps ?? 2,
+    rounds: { 1: 10, 50: 2, 200: 1 } as Record<number, number>,
+    /** Per side and repetition: at most this many requests, sent for at most this long. */
+    embeddings: { count: 2_000, budgetMs: 3_000 },
+    pings: { count: 20_000, budgetMs: 2_000 },
+    memoryConnections: 2_000,
+    memoryReps: 1,
+    disconnectReps: 1
+  }
+  : {
+    reps: args.reps ?? 3,
+    rounds: { 1: 20, 50: 4, 200: 3 } as Record<number, number>,
+    embeddings: { count: 10_000, budgetMs: 8_000 },
+    pings: { count: 100_000, budgetMs: 5_000 },
+    memoryConnections: 2_000,
+    memoryReps: args.reps ?? 3,
+    disconnectReps: args.reps ?? 3
+  }
+
+const SCALE_STREAMS = 1_000
+const SCALE_IDLE = 10_000
+const FD_LIMIT = 65_536
+const ROUND_DEADLINE_MS = 60_000
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+const runStarted = performance.now()
+const log = (message: string) =>
+  console.error(`[${((performance.now() - runStarted) / 1000).toFixed(1).padStart(6)} s] ${message}`)
+const sleep = (ms: number) => new Promise<void>((done) => setTimeout(done, ms))
+const wallClock = () => performance.timeOrigin + performance.now()
+
+const median = (xs: ReadonlyArray<number>): number => {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
+  if (s.length === 0) return Number.NaN
+  const mid = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? (s[mid] ?? Number.NaN) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2
+}
+
+const percentile = (xs: ReadonlyArray<number>, p: number): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  if (s.length === 0) return Number.NaN
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] ?? Number.NaN
+}
+
+const message = (error: unknown) => (error instanceof Error ? error.message : String(error)).split("\n")[0] ?? ""
+
+/** Rotates `xs` by `r` (so each repetition starts with a different side). */
+const rotate = <A>(xs: ReadonlyArray<A>, r: number): Array<A> => xs.map((_, i) => xs[(i + r) % xs.length] as A)
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+type Side = "floor" | "aibase"
+type Server = Side | "floorFetch"
+
+const notes: Array<string> = []
+const note = (text: string) => {
+  notes.push(text)
+  log(`note: ${text}`)
+}
+
+const aibaseScript = (() => {
+  if (!args.dist) return "src/main.ts"
+  const built = join(repoRoot, "dist", "main.js")
+  let builtAt = 0
+  try {
+    builtAt = statSync(built).mtimeMs
+  } catch {
+    console.error("--dist: dist/main.js does not exist; run `npm run build` first")
+    process.exit(2)
+  }
+  const newest = (dir: string): number =>
+    readdirSync(dir, { withFileTypes: true }).reduce((latest, entry) => {
+      const path = join(dir, entry.name)
+      return Math.max(latest, entry.isDirectory() ? newest(path) : statSync(path).mtimeMs)
+    }, 0)
+  if (newest(join(repoRoot, "src")) > builtAt) note("dist/main.js is older than src/: AIBase runs the last build, not the working tree")
+  return "dist/main.js"
+})()
+const aibaseCommand = `node ${aibaseScript.endsWith(".ts") ? "--import tsx " : ""}${aibaseScript}`
+
+let upstream: Proc | undefined
+const upstreamBase = () => `http://127.0.0.1:${upstream?.port ?? 0}/v1`
+
+const startUpstream = () =>
+  spawnNode({ name: "fake upstream", script: "bench/FakeUpstream.ts", env: {}, fdLimit: FD_LIMIT })
+
+const startServer = async (server: Server): Promise<Proc> => {
+  if (server === "aibase") {
+    const port = await freePort()
+    return spawnNode({
+      name: "AIBase",
+      script: aibaseScript,
+      port,
+      fdLimit: FD_LIMIT,
+      env: {
+        LLM_PROVIDER: "openai",
+        OPENAI_API_KEY: "sk-bench",
+        OPENAI_BASE_URL: upstreamBase(),
+        WS_MAX_IN_FLIGHT: "1000",
+        MAX_CONNECTIONS: "20000",
+        LOG_LEVEL: "warning",
+        LOG_FORMAT: "json",
+        SHUTDOWN_GRACE_SECONDS: "2",
+        SERVER_HOST: "127.0.0.1",
+        SERVER_PORT: String(port),
+        ...args.aibaseEnv
+      }
     })
-    fill()
+  }
+  return spawnNode({
+    name: server === "floor" ? "floor (node:http)" : "floor (fetch)",
+    script: "bench/FloorProxy.ts",
+    fdLimit: FD_LIMIT,
+    env: {
+      OPENAI_BASE_URL: upstreamBase(),
+      OPENAI_API_KEY: "sk-bench",
+      ...(server === "floorFetch" ? { FLOOR_HTTP: "fetch" } : {})
+    }
   })
-  const elapsed = performance.now() - started
-  socket.close()
-  return count / (elapsed / 1000)
 }
 
-/** `clients` connections each stream one offline completion; returns chunk frames per second. */
-const streaming = async (url: string, clients: number) => {
-  const sockets = await Promise.all(Array.from({ length: clients }, () => open(url)))
-  const content = Array.from({ length: 200 }, (_, i) => `word${i}`).join(" ")
-  let chunks = 0
-  const started = performance.now()
-  await Promise.all(sockets.map((socket, i) =>
-    new Promise<void>((resolve) => {
-      socket.on("message", (data) => {
-        const text = data.toString()
-        if (text.startsWith("{\"type\":\"chat_completion_stream_chunk\"")) chunks++
-        else resolve()
-      })
-      socket.send(JSON.stringify({
-        type: "chat_completion_stream",
-        request_id: `s${i}`,
-        payload: { messages: [{ role: "user", content }] }
-      }))
+const hot = new Map<Server, Proc>()
+
+/** The long-lived server of `server`, (re)started when it is not running (a crash is noted). */
+const serverFor = async (server: Server): Promise<Proc> => {
+  const current = hot.get(server)
+  if (current !== undefined && current.alive()) return current
+  if (current !== undefined) {
+    const code = await current.exited
+    note(`${current.name} exited (${String(code)}) during the run; restarted. Its last output: ${current.output().slice(-1_500).trim()}`)
+  }
+  const started = await startServer(server)
+  hot.set(server, started)
+  return started
+}
+
+const wsUrl = (proc: Proc) => `ws://127.0.0.1:${proc.port}/ws`
+
+const upstreamStats = async (): Promise<UpstreamStats> => {
+  const response = await httpGet(upstream?.port ?? 0, "/stats", 2_000)
+  return JSON.parse(response.body) as UpstreamStats
+}
+
+/** Waits (bounded) until the upstream has no request in flight, so one side's tail does not load the next. */
+const quiesce = async (deadlineMs = 3_000) => {
+  const deadline = Date.now() + deadlineMs
+  while (Date.now() < deadline) {
+    const active = await upstreamStats().then((s) => s.active, () => 0)
+    if (active <= 0) return
+    await sleep(25)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------
+
+interface Target {
+  readonly label: string
+  readonly pass: (floor: number, aibase: number) => boolean
+}
+
+const ratioAtMost = (x: number): Target => ({ label: `≤${x}×`, pass: (f, a) => a / f <= x })
+const ratioAtLeast = (x: number): Target => ({ label: `≥${x}×`, pass: (f, a) => a / f >= x })
+
+interface Row {
+  readonly scenario: string
+  readonly metric: string
+  readonly floor: number
+  readonly aibase: number
+  readonly decimals: number
+  readonly target?: Target
+  /** Ratio column shown (default true). */
+  readonly ratio?: boolean
+  /** Override of the formatted cells. */
+  readonly text?: { readonly floor: string; readonly aibase: string }
+}
+
+const rows: Array<Row> = []
+const raw: Record<string, unknown> = {}
+
+const fmt = (n: number, decimals: number) =>
+  Number.isFinite(n)
+    ? n.toLocaleString("en-US", { minimumFractionDigits: decimals, maximumFractionDigits: decimals })
+    : "n/a"
+
+const resultOf = (row: Row): string => {
+  if (row.target === undefined) return ""
+  if (!Number.isFinite(row.aibase) || !Number.isFinite(row.floor)) return "n/a"
+  return row.target.pass(row.floor, row.aibase) ? "pass" : "FAIL"
+}
+
+const ratioOf = (row: Row): number => row.aibase / row.floor
+
+const table = (): string => {
+  const lines = [
+    "| scenario | metric | floor | AIBase | ratio | target | result |",
+    "|---|---|---:|---:|---:|---|---|"
+  ]
+  for (const row of rows) {
+    const ratio = row.ratio === false || !Number.isFinite(ratioOf(row)) ? "" : `${ratioOf(row).toFixed(2)}×`
+    lines.push(
+      `| ${row.scenario} | ${row.metric} | ${row.text?.floor ?? fmt(row.floor, row.decimals)} | ${
+        row.text?.aibase ?? fmt(row.aibase, row.decimals)
+      } | ${ratio} | ${row.target?.label ?? ""} | ${resultOf(row)} |`
+    )
+  }
+  return lines.join("\n")
+}
+
+/** Runs one side of a measurement; a failure is noted and yields `undefined`. */
+const attempt = async <A>(what: string, run: () => Promise<A>): Promise<A | undefined> => {
+  try {
+    return await run()
+  } catch (error) {
+    note(`${what} failed: ${message(error)}`)
+    return undefined
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------
+
+interface StreamRep {
+  readonly ttftP50: number
+  readonly ttftP99: number
+  readonly chunksPerSecond: number
+  readonly cpuMicrosPerChunk: number
+  readonly contentChunks: number
+  readonly completed: number
+  readonly failed: number
+  readonly errors: ReadonlyArray<string>
+  readonly upstreamCpuMicrosPerChunk: number
+}
+
+const measureStreams = async (
+  side: Side,
+  clients: number,
+  rounds: number,
+  tag: string
+): Promise<StreamRep> => {
+  const proc = await serverFor(side)
+  await quiesce()
+  const opened = await openMany(wsUrl(proc), clients)
+  try {
+    const cpu0 = cpuMicros(proc.pid)
+    const up0 = cpuMicros(upstream?.pid ?? 0)
+    const result = await runStreams(opened.conns, rounds, { roundDeadlineMs: ROUND_DEADLINE_MS, tag })
+    const cpu1 = cpuMicros(proc.pid)
+    const up1 = cpuMicros(upstream?.pid ?? 0)
+    const failed = result.failed + opened.failed * rounds
+    return {
+      ttftP50: percentile(result.ttfts, 50),
+      ttftP99: percentile(result.ttfts, 99),
+      chunksPerSecond: result.contentChunks / (result.wallMs / 1000),
+      cpuMicrosPerChunk: result.contentChunks > 0 ? (cpu1 - cpu0) / result.contentChunks : Number.NaN,
+      contentChunks: result.contentChunks,
+      completed: result.completed,
+      failed,
+      errors: [...opened.errors, ...result.errors],
+      upstreamCpuMicrosPerChunk: result.contentChunks > 0 ? (up1 - up0) / result.contentChunks : Number.NaN
+    }
+  } finally {
+    await closeAll(opened.conns)
+  }
+}
+
+const streamsScenario = async (clients: 1 | 50 | 200) => {
+  const name = `streams-${clients}`
+  const rounds = profile.rounds[clients] ?? 1
+  log(`${name}: ${clients} client(s) × ${rounds} round(s) × ${profile.reps} repetition(s)`)
+  const reps: Record<Side, Array<StreamRep | undefined>> = { floor: [], aibase: [] }
+  const direct: Array<number> = []
+  const added: Record<Side, Array<number>> = { floor: [], aibase: [] }
+  for (let rep = 0; rep < profile.reps; rep++) {
+    const order = rotate<Side>(["floor", "aibase"], rep)
+    const medians: Partial<Record<Side, number>> = {}
+    let directMedian = Number.NaN
+    const measureDirect = async () => {
+      await quiesce()
+      const ttfts: Array<number> = []
+      for (let i = 0; i < rounds; i++) {
+        const t = await attempt("direct upstream stream", () => directStream(upstreamBase()))
+        if (t !== undefined) ttfts.push(t)
+      }
+      directMedian = median(ttfts)
+      direct.push(directMedian)
+    }
+    if (clients === 1 && rep % 2 === 0) await measureDirect()
+    for (const side of order) {
+      const result = await attempt(`${name} ${side}`, () => measureStreams(side, clients, rounds, `${name}-${rep}`))
+      reps[side].push(result)
+      if (result !== undefined) {
+        medians[side] = result.ttftP50
+        log(
+          `  ${side.padEnd(6)} rep ${rep + 1}: TTFT p50 ${fmt(result.ttftP50, 1)} ms, p99 ${fmt(result.ttftP99, 1)} ms, ${
+            fmt(result.chunksPerSecond, 0)
+          } chunks/s, ${fmt(result.cpuMicrosPerChunk, 1)} µs CPU/chunk, ${result.failed} failed`
+        )
+        if (result.errors.length > 0) log(`    errors: ${result.errors.join("; ")}`)
+      }
+    }
+    if (clients === 1 && rep % 2 === 1) await measureDirect()
+    if (clients === 1) {
+      log(`  direct rep ${rep + 1}: TTFT p50 ${fmt(directMedian, 1)} ms`)
+      for (const side of ["floor", "aibase"] as const) added[side].push((medians[side] ?? Number.NaN) - directMedian)
+    }
+  }
+  const m = (side: Side, pick: (r: StreamRep) => number) => median(reps[side].map((r) => (r === undefined ? Number.NaN : pick(r))))
+  const sum = (side: Side, pick: (r: StreamRep) => number) =>
+    reps[side].reduce((total, r) => total + (r === undefined ? rounds * clients : pick(r)), 0)
+  const underLoad = clients >= 50
+  rows.push(
+    {
+      scenario: name,
+      metric: "time to first token p50 (ms)",
+      floor: m("floor", (r) => r.ttftP50),
+      aibase: m("aibase", (r) => r.ttftP50),
+      decimals: 1,
+      ...(underLoad ? { target: ratioAtMost(1.5) } : {})
+    },
+    {
+      scenario: name,
+      metric: "time to first token p99 (ms)",
+      floor: m("floor", (r) => r.ttftP99),
+      aibase: m("aibase", (r) => r.ttftP99),
+      decimals: 1
+    }
+  )
+  if (clients === 1) {
+    rows.push({
+      scenario: name,
+      metric: `added time to first token over calling the upstream directly (ms; direct p50 ${fmt(median(direct), 1)} ms)`,
+      floor: median(added.floor),
+      aibase: median(added.aibase),
+      decimals: 2,
+      ratio: false,
+      target: { label: "≤1.5 ms", pass: (_f, a) => a <= 1.5 }
     })
-  ))
-  const elapsed = performance.now() - started
-  for (const socket of sockets) socket.close()
-  return chunks / (elapsed / 1000)
+  }
+  rows.push(
+    {
+      scenario: name,
+      metric: "content chunks per second",
+      floor: m("floor", (r) => r.chunksPerSecond),
+      aibase: m("aibase", (r) => r.chunksPerSecond),
+      decimals: 0,
+      ...(clients === 200 ? { target: ratioAtLeast(0.9) } : {})
+    },
+    {
+      scenario: name,
+      metric: "server CPU per content chunk (µs)",
+      floor: m("floor", (r) => r.cpuMicrosPerChunk),
+      aibase: m("aibase", (r) => r.cpuMicrosPerChunk),
+      decimals: 1,
+      ...(underLoad ? { target: ratioAtMost(1.5) } : {})
+    },
+    {
+      scenario: name,
+      metric: `failed streams (of ${profile.reps * rounds * clients})`,
+      floor: sum("floor", (r) => r.failed),
+      aibase: sum("aibase", (r) => r.failed),
+      decimals: 0,
+      ratio: false
+    }
+  )
+  raw[name] = { clients, rounds, reps, ...(clients === 1 ? { directTtftP50: direct, addedTtft: added } : {}) }
 }
 
-const format = (n: number) => Math.round(n).toLocaleString("en-US")
+interface WindowRep {
+  readonly perSecond: number
+  readonly cpuMicrosPerRequest: number
+  readonly answered: number
+  readonly failed: number
+  readonly errors: ReadonlyArray<string>
+}
+
+const measureWindowed = async (
+  server: Server,
+  shape: {
+    readonly connections: number
+    readonly window: number
+    readonly perConnection: number
+    readonly budgetMs: number
+  },
+  frame: (requestId: string) => object,
+  okType: string,
+  tag: string
+): Promise<WindowRep> => {
+  const proc = await serverFor(server)
+  await quiesce()
+  const opened = await openMany(wsUrl(proc), shape.connections)
+  try {
+    const cpu0 = cpuMicros(proc.pid)
+    const result = await runWindowed(opened.conns, {
+      window: shape.window,
+      perConnection: shape.perConnection,
+      frame,
+      okType,
+      deadlineMs: shape.budgetMs + 60_000,
+      budgetMs: shape.budgetMs,
+      tag
+    })
+    const cpu1 = cpuMicros(proc.pid)
+    return {
+      perSecond: result.answered / (result.wallMs / 1000),
+      cpuMicrosPerRequest: result.answered > 0 ? (cpu1 - cpu0) / result.answered : Number.NaN,
+      answered: result.answered,
+      failed: result.failed + opened.failed * shape.perConnection,
+      errors: [...opened.errors, ...result.errors]
+    }
+  } finally {
+    await closeAll(opened.conns)
+  }
+}
+
+const embeddingFrame = (requestId: string) => ({
+  type: "embedding",
+  request_id: requestId,
+  payload: { input: "The quick brown fox jumps over the lazy dog", model: "text-embedding-3-small" }
+})
+
+const pingFrame = (requestId: string) => ({ type: "ping", request_id: requestId })
+
+const embeddingsScenario = async () => {
+  const connections = 50
+  const shape = {
+    connections,
+    window: 1,
+    perConnection: Math.max(1, Math.round(profile.embeddings.count / connections)),
+    budgetMs: profile.embeddings.budgetMs
+  }
+  log(`embeddings: ${connections} connections, one request in flight each, for ${shape.budgetMs / 1000} s (at most ${shape.perConnection} each) × ${profile.reps} repetition(s)`)
+  const reps: Record<Server, Array<WindowRep | undefined>> = { floor: [], floorFetch: [], aibase: [] }
+  for (let rep = 0; rep < profile.reps; rep++) {
+    for (const server of rotate<Server>(["floor", "floorFetch", "aibase"], rep)) {
+      const result = await attempt(
+        `embeddings ${server}`,
+        () => measureWindowed(server, shape, embeddingFrame, "embedding_response", `e${rep}`)
+      )
+      reps[server].push(result)
+      if (result !== undefined) {
+        log(
+          `  ${server.padEnd(10)} rep ${rep + 1}: ${fmt(result.perSecond, 0)} requests/s, ${
+            fmt(result.cpuMicrosPerRequest, 0)
+          } µs CPU/request, ${result.failed} failed${result.errors.length > 0 ? ` (${result.errors.join("; ")})` : ""}`
+        )
+      }
+    }
+  }
+  const m = (server: Server, pick: (r: WindowRep) => number) =>
+    median(reps[server].map((r) => (r === undefined ? Number.NaN : pick(r))))
+  const sameClient = (client: "node" | "fetch") => (args.aibaseHttp === client ? { target: ratioAtLeast(0.9) } : {})
+  rows.push(
+    {
+      scenario: "embeddings-50",
+      metric: "requests per second, floor on node:http",
+      floor: m("floor", (r) => r.perSecond),
+      aibase: m("aibase", (r) => r.perSecond),
+      decimals: 0,
+      ...sameClient("node")
+    },
+    {
+      scenario: "embeddings-50",
+      metric: "requests per second, floor on fetch",
+      floor: m("floorFetch", (r) => r.perSecond),
+      aibase: m("aibase", (r) => r.perSecond),
+      decimals: 0,
+      ...sameClient("fetch")
+    },
+    {
+      scenario: "embeddings-50",
+      metric: "server CPU per request (µs), floor on node:http",
+      floor: m("floor", (r) => r.cpuMicrosPerRequest),
+      aibase: m("aibase", (r) => r.cpuMicrosPerRequest),
+      decimals: 0
+    },
+    {
+      scenario: "embeddings-50",
+      metric: "server CPU per request (µs), floor on fetch",
+      floor: m("floorFetch", (r) => r.cpuMicrosPerRequest),
+      aibase: m("aibase", (r) => r.cpuMicrosPerRequest),
+      decimals: 0
+    },
+    {
+      scenario: "embeddings-50",
+      metric: "failed requests (node:http floor / AIBase)",
+      floor: reps.floor.reduce((t, r) => t + (r?.failed ?? 0), 0),
+      aibase: reps.aibase.reduce((t, r) => t + (r?.failed ?? 0), 0),
+      decimals: 0,
+      ratio: false
+    }
+  )
+  raw["embeddings"] = { ...shape, aibaseHttp: args.aibaseHttp, reps }
+}
+
+const pingsScenario = async () => {
+  const shapes = [
+    { name: "pings-1x100", connections: 1, window: 100, perConnection: profile.pings.count, budgetMs: profile.pings.budgetMs },
+    {
+      name: "pings-50x10",
+      connections: 50,
+      window: 10,
+      perConnection: Math.round(profile.pings.count / 50),
+      budgetMs: profile.pings.budgetMs
+    }
+  ]
+  const out: Record<string, unknown> = {}
+  for (const shape of shapes) {
+    log(`${shape.name}: ${shape.connections} connection(s), ${shape.window} in flight each, for ${shape.budgetMs / 1000} s (at most ${shape.connections * shape.perConnection} pings) × ${profile.reps}`)
+    const reps: Record<Side, Array<WindowRep | undefined>> = { floor: [], aibase: [] }
+    for (let rep = 0; rep < profile.reps; rep++) {
+      for (const side of rotate<Side>(["floor", "aibase"], rep)) {
+        const result = await attempt(`${shape.name} ${side}`, () => measureWindowed(side, shape, pingFrame, "pong", `p${rep}`))
+        reps[side].push(result)
+        if (result !== undefined) {
+          log(`  ${side.padEnd(6)} rep ${rep + 1}: ${fmt(result.perSecond, 0)} pings/s, ${fmt(result.cpuMicrosPerRequest, 1)} µs CPU/ping, ${result.failed} failed`)
+        }
+      }
+    }
+    const m = (side: Side, pick: (r: WindowRep) => number) =>
+      median(reps[side].map((r) => (r === undefined ? Number.NaN : pick(r))))
+    rows.push({
+      scenario: shape.name,
+      metric: "pings answered per second",
+      floor: m("floor", (r) => r.perSecond),
+      aibase: m("aibase", (r) => r.perSecond),
+      decimals: 0,
+      target: ratioAtLeast(0.5)
+    })
+    const failed = reps.aibase.reduce((t, r) => t + (r?.failed ?? 0), 0) + reps.floor.reduce((t, r) => t + (r?.failed ?? 0), 0)
+    if (failed > 0) {
+      rows.push({
+        scenario: shape.name,
+        metric: "failed pings",
+        floor: reps.floor.reduce((t, r) => t + (r?.failed ?? 0), 0),
+        aibase: reps.aibase.reduce((t, r) => t + (r?.failed ?? 0), 0),
+        decimals: 0,
+        ratio: false
+      })
+    }
+    out[shape.name] = { ...shape, reps }
+  }
+  raw["pings"] = out
+}
+
+interface MemoryRep {
+  readonly kibPerConnection: number
+  readonly opened: number
+  readonly beforeKiB: number
+  readonly afterKiB: number
+}
+
+const measureMemory = async (side: Side, connections: number): Promise<MemoryRep> => {
+  const proc = await startServer(side)
+  try {
+    const url = wsUrl(proc)
+    // Warm-up: the first connections load code and grow pools that are not per connection.
+    const warm = await openMany(url, 50)
+    await closeAll(warm.conns)
+    const beforeKiB = await settledRss(proc.pid, 3_000)
+    const opened = await openMany(url, connections)
+    const afterKiB = await settledRss(proc.pid, 5_000)
+    await closeAll(opened.conns)
+    if (opened.failed > 0) note(`memory ${side}: ${opened.failed} of ${connections} connections failed (${opened.errors.join("; ")})`)
+    return {
+      kibPerConnection: opened.conns.length > 0 ? (afterKiB - beforeKiB) / opened.conns.length : Number.NaN,
+      opened: opened.conns.length,
+      beforeKiB,
+      afterKiB
+    }
+  } finally {
+    await stop(proc)
+  }
+}
+
+const memoryScenario = async () => {
+  const connections = profile.memoryConnections
+  log(`memory: ${connections} idle connections on a fresh process of each × ${profile.memoryReps}`)
+  const reps: Record<Side, Array<MemoryRep | undefined>> = { floor: [], aibase: [] }
+  for (let rep = 0; rep < profile.memoryReps; rep++) {
+    for (const side of rotate<Side>(["floor", "aibase"], rep)) {
+      const result = await attempt(`memory ${side}`, () => measureMemory(side, connections))
+      reps[side].push(result)
+      if (result !== undefined) {
+        log(`  ${side.padEnd(6)} rep ${rep + 1}: ${fmt(result.kibPerConnection, 1)} KiB per connection (RSS ${result.beforeKiB} → ${result.afterKiB} KiB)`)
+      }
+    }
+  }
+  rows.push({
+    scenario: `memory-${connections}`,
+    metric: "RSS per idle WebSocket (KiB)",
+    floor: median(reps.floor.map((r) => r?.kibPerConnection ?? Number.NaN)),
+    aibase: median(reps.aibase.map((r) => r?.kibPerConnection ?? Number.NaN)),
+    decimals: 1,
+    target: ratioAtMost(1.5)
+  })
+  raw["memory"] = { connections, reps }
+}
+
+interface DisconnectRep {
+  readonly streaming: number
+  readonly aborted: number
+  readonly msToLastAbort: number
+}
+
+const DISCONNECT_STREAMS = 20
+const SLOW_MODEL = "fake:chunks=2000,interval=5"
+
+const measureDisconnect = async (side: Side, rep: number): Promise<DisconnectRep> => {
+  const proc = await serverFor(side)
+  await quiesce()
+  const opened = await openMany(wsUrl(proc), DISCONNECT_STREAMS)
+  let conns: ReadonlyArray<Conn> = opened.conns
+  try {
+    const before = await upstreamStats()
+    // Start every stream and wait (bounded) for each one's first chunk.
+    const streaming = await Promise.all(conns.map((conn, i) =>
+      new Promise<boolean>((done) => {
+        const requestId = `d${rep}-${i}`
+        const timer = setTimeout(() => done(false), 10_000)
+        conn.on(requestId, (frame) => {
+          if (frame.type === "chat_completion_stream_chunk") {
+            conn.off(requestId)
+            clearTimeout(timer)
+            done(true)
+          } else if (frame.type !== "") {
+            conn.off(requestId)
+            clearTimeout(timer)
+            done(false)
+          }
+        })
+        conn.send({
+          type: "chat_completion_stream",
+          request_id: requestId,
+          payload: { messages: [{ role: "user", content: "A long story, please." }], model: SLOW_MODEL }
+        })
+      })
+    ))
+    const terminatedAt = wallClock()
+    for (const conn of conns) conn.terminate()
+    conns = []
+    const deadline = Date.now() + 5_000
+    let stats = await upstreamStats()
+    while (stats.aborted - before.aborted < DISCONNECT_STREAMS && Date.now() < deadline) {
+      await sleep(5)
+      stats = await upstreamStats()
+    }
+    const aborted = stats.aborted - before.aborted
+    return {
+      streaming: streaming.filter((s) => s).length,
+      aborted,
+      msToLastAbort: aborted > 0 && stats.lastAbortAt !== null ? stats.lastAbortAt - terminatedAt : Number.NaN
+    }
+  } finally {
+    await closeAll(conns)
+    // Streams that were never aborted run on for up to 10 s: do not let them load the next measurement.
+    await quiesce(12_000)
+  }
+}
+
+const disconnectScenario = async () => {
+  log(`disconnect: ${DISCONNECT_STREAMS} slow streams (${SLOW_MODEL}), clients terminated after the first chunk × ${profile.disconnectReps}`)
+  const reps: Record<Side, Array<DisconnectRep | undefined>> = { floor: [], aibase: [] }
+  for (let rep = 0; rep < profile.disconnectReps; rep++) {
+    for (const side of rotate<Side>(["floor", "aibase"], rep)) {
+      const result = await attempt(`disconnect ${side}`, () => measureDisconnect(side, rep))
+      reps[side].push(result)
+      if (result !== undefined && result.streaming < DISCONNECT_STREAMS) {
+        note(`disconnect ${side}: only ${result.streaming} of ${DISCONNECT_STREAMS} streams had sent a chunk within 10 s when the clients left`)
+      }
+      if (result !== undefined) {
+        log(`  ${side.padEnd(6)} rep ${rep + 1}: ${result.streaming} streaming, ${result.aborted} aborted upstream, last ${fmt(result.msToLastAbort, 1)} ms after terminate`)
+      }
+    }
+  }
+  const worst = (side: Side) => Math.min(...reps[side].map((r) => r?.aborted ?? 0))
+  rows.push(
+    {
+      scenario: `disconnect-${DISCONNECT_STREAMS}`,
+      metric: `upstream requests aborted (of ${DISCONNECT_STREAMS}, worst repetition)`,
+      floor: worst("floor"),
+      aibase: worst("aibase"),
+      decimals: 0,
+      ratio: false,
+      target: { label: `${DISCONNECT_STREAMS}/${DISCONNECT_STREAMS}`, pass: (_f, a) => a === DISCONNECT_STREAMS }
+    },
+    {
+      scenario: `disconnect-${DISCONNECT_STREAMS}`,
+      metric: "ms from client terminate to the last upstream abort",
+      floor: median(reps.floor.map((r) => r?.msToLastAbort ?? Number.NaN)),
+      aibase: median(reps.aibase.map((r) => r?.msToLastAbort ?? Number.NaN)),
+      decimals: 1,
+      target: { label: "≤50 ms", pass: (_f, a) => a <= 50 }
+    }
+  )
+  raw["disconnect"] = { streams: DISCONNECT_STREAMS, model: SLOW_MODEL, reps }
+}
+
+const scaleStreamsScenario = async () => {
+  log(`scale-streams: ${SCALE_STREAMS} concurrent streams, one round, on each`)
+  const results: Partial<Record<Side, StreamRep>> = {}
+  for (const side of ["floor", "aibase"] as const) {
+    const started = performance.now()
+    const result = await attempt(`scale-streams ${side}`, () => measureStreams(side, SCALE_STREAMS, 1, "scale"))
+    if (result !== undefined) {
+      results[side] = result
+      log(
+        `  ${side.padEnd(6)}: ${result.completed} completed, ${result.failed} failed in ${
+          fmt((performance.now() - started) / 1000, 1)
+        } s; TTFT p50 ${fmt(result.ttftP50, 0)} ms${result.errors.length > 0 ? `; errors: ${result.errors.join("; ")}` : ""}`
+      )
+    }
+  }
+  rows.push(
+    {
+      scenario: `scale-streams-${SCALE_STREAMS}`,
+      metric: "failed streams",
+      floor: results.floor?.failed ?? Number.NaN,
+      aibase: results.aibase?.failed ?? Number.NaN,
+      decimals: 0,
+      ratio: false,
+      target: { label: "0", pass: (_f, a) => a === 0 }
+    },
+    {
+      scenario: `scale-streams-${SCALE_STREAMS}`,
+      metric: "completed streams",
+      floor: results.floor?.completed ?? Number.NaN,
+      aibase: results.aibase?.completed ?? Number.NaN,
+      decimals: 0,
+      ratio: false
+    },
+    {
+      scenario: `scale-streams-${SCALE_STREAMS}`,
+      metric: "content chunks per second",
+      floor: results.floor?.chunksPerSecond ?? Number.NaN,
+      aibase: results.aibase?.chunksPerSecond ?? Number.NaN,
+      decimals: 0
+    }
+  )
+  raw["scale-streams"] = results
+}
+
+interface IdleResult {
+  readonly opened: number
+  readonly held: number
+  readonly pingsAnswered: number
+  readonly errors: ReadonlyArray<string>
+  readonly serverFdLimit: number
+}
+
+const scaleIdleScenario = async () => {
+  const ownLimit = openFilesLimit("self")
+  log(`scale-idle: ${SCALE_IDLE} idle connections held on each (this process may open ${ownLimit} files)`)
+  if (ownLimit < SCALE_IDLE + 500) {
+    note(`this process may open only ${ownLimit} files: fewer than ${SCALE_IDLE} connections can be held (run \`ulimit -n ${FD_LIMIT}\` first)`)
+  }
+  const results: Partial<Record<Side, IdleResult>> = {}
+  for (const side of ["floor", "aibase"] as const) {
+    const result = await attempt(`scale-idle ${side}`, async (): Promise<IdleResult> => {
+      const proc = await serverFor(side)
+      const opened = await openMany(wsUrl(proc), SCALE_IDLE, 500, 180_000)
+      try {
+        await sleep(2_000)
+        // The server still answers on a sample of them.
+        const sample = opened.conns.filter((_, i) => i % Math.max(1, Math.floor(opened.conns.length / 100)) === 0)
+        const pings = await runWindowed(sample, {
+          window: 1,
+          perConnection: 1,
+          frame: pingFrame,
+          okType: "pong",
+          deadlineMs: 15_000,
+          tag: "idle"
+        })
+        return {
+          opened: opened.conns.length,
+          held: opened.conns.filter((c) => c.open).length,
+          pingsAnswered: pings.answered,
+          errors: [...opened.errors, ...pings.errors],
+          serverFdLimit: openFilesLimit(proc.pid)
+        }
+      } finally {
+        await closeAll(opened.conns, 10_000)
+      }
+    })
+    if (result !== undefined) {
+      results[side] = result
+      log(`  ${side.padEnd(6)}: ${result.opened} opened, ${result.held} held, sample pings answered ${result.pingsAnswered}; server fd limit ${result.serverFdLimit}${result.errors.length > 0 ? `; errors: ${result.errors.join("; ")}` : ""}`)
+    }
+  }
+  rows.push({
+    scenario: `scale-idle-${SCALE_IDLE}`,
+    metric: "idle connections held",
+    floor: results.floor?.held ?? Number.NaN,
+    aibase: results.aibase?.held ?? Number.NaN,
+    decimals: 0,
+    ratio: false,
+    target: { label: String(SCALE_IDLE), pass: (_f, a) => a >= SCALE_IDLE }
+  })
+  raw["scale-idle"] = { ...results, benchFdLimit: ownLimit }
+}
+
+// ---------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------
+
+const warmUp = async () => {
+  const servers: Array<Server> = ["floor", "aibase"]
+  if (selected("embeddings")) servers.push("floorFetch")
+  for (const server of servers) {
+    await attempt(`warm-up ${server}`, async () => {
+      const proc = await serverFor(server)
+      const opened = await openMany(wsUrl(proc), 20)
+      try {
+        if (server !== "floorFetch") {
+          await runWindowed(opened.conns.slice(0, 1), { window: 100, perConnection: 2_000, frame: pingFrame, okType: "pong", deadlineMs: 30_000, tag: "wp" })
+          await runStreams(opened.conns, 1, { roundDeadlineMs: 30_000, tag: "ws" })
+        }
+        if (selected("embeddings")) {
+          await runWindowed(opened.conns, { window: 1, perConnection: 2, frame: embeddingFrame, okType: "embedding_response", deadlineMs: 30_000, tag: "we" })
+        }
+      } finally {
+        await closeAll(opened.conns)
+      }
+    })
+  }
+}
 
 const main = async () => {
-  const baseline = await start("bench/baseline-server.ts")
-  const aibase = await start("src/main.ts", { OFFLINE_WORD_DELAY_MS: "0", WS_MAX_IN_FLIGHT: "256" })
-  const baseUrl = `ws://127.0.0.1:${baseline.port}`
-  const wsUrl = `ws://127.0.0.1:${aibase.port}/ws`
-  const rpcUrl = `ws://127.0.0.1:${aibase.port}/rpc`
+  const watchdogMs = args.quick && args.only === undefined ? 10 * 60_000 : 60 * 60_000
+  setTimeout(() => {
+    console.error(`bench: still running after ${watchdogMs / 60_000} minutes; giving up`)
+    process.exit(3)
+  }, watchdogMs).unref()
+  process.once("SIGINT", () => process.exit(130))
+  process.once("SIGTERM", () => process.exit(143))
+
+  const scenarios = SCENARIOS.filter(selected)
+  log(`AIBase: ${aibaseCommand}${Object.keys(args.aibaseEnv).length > 0 ? ` with ${Object.entries(args.aibaseEnv).map(([k, v]) => `${k}=${v}`).join(" ")}` : ""}`)
+  log(`scenarios: ${scenarios.join(", ")}; ${profile.reps} repetition(s)${args.quick ? " (quick)" : ""}`)
+  const hotNeeded = scenarios.some((s) => s !== "memory")
+  upstream = await startUpstream()
+  log(`fake upstream on ${upstreamBase()}`)
   try {
-    // Warm up both servers' JIT before measuring.
-    await windowed(baseUrl, wsPing, 2_000, 256)
-    await windowed(wsUrl, wsPing, 2_000, 256)
-    await windowed(rpcUrl, rpcPing, 2_000, 256)
-
-    const rates = { baseline: [] as Array<number>, ws: [] as Array<number>, rpc: [] as Array<number> }
-    for (let round = 0; round < ROUNDS; round++) {
-      rates.baseline.push(await windowed(baseUrl, wsPing, PINGS, 256))
-      rates.ws.push(await windowed(wsUrl, wsPing, PINGS, 256))
-      rates.rpc.push(await windowed(rpcUrl, rpcPing, PINGS, 256))
+    if (hotNeeded) {
+      await Promise.all((["floor", "aibase", ...(selected("embeddings") ? ["floorFetch" as const] : [])] as const).map(serverFor))
+      for (const [server, proc] of hot) log(`${server} on ${wsUrl(proc)} (pid ${proc.pid})`)
+      const limit = openFilesLimit(hot.get("aibase")?.pid ?? 0)
+      if (limit < FD_LIMIT && scenarios.includes("scale-idle")) {
+        note(`the servers' open-files limit could not be raised to ${FD_LIMIT} (\`ulimit -n\` refused; it is ${limit}); ${SCALE_IDLE} idle connections need a little over ${SCALE_IDLE}`)
+      }
+      await warmUp()
     }
-    const base = median(rates.baseline)
-    console.log(`\nPing round trips, one connection, 256 in flight (${PINGS} per run, median of ${ROUNDS})`)
-    console.table({
-      "bare ws + JSON (baseline)": { "pings/s": format(base), "vs baseline": "1.00" },
-      "AIBase /ws": { "pings/s": format(median(rates.ws)), "vs baseline": (median(rates.ws) / base).toFixed(2) },
-      "AIBase /rpc": { "pings/s": format(median(rates.rpc)), "vs baseline": (median(rates.rpc) / base).toFixed(2) }
-    })
-
-    const burst = await pipelined(wsUrl, wsPing, 256)
-    console.log(`Burst of 256 pipelined pings on /ws: ${format(burst)} pings/s`)
-
-    const chunkRate = await streaming(wsUrl, STREAM_CLIENTS)
-    console.log(`\nStreaming: ${STREAM_CLIENTS} clients, offline model without delay: ${format(chunkRate)} chunk frames/s`)
+    for (const scenario of scenarios) {
+      switch (scenario) {
+        case "streams-1":
+          await streamsScenario(1)
+          break
+        case "streams-50":
+          await streamsScenario(50)
+          break
+        case "streams-200":
+          await streamsScenario(200)
+          break
+        case "embeddings":
+          await embeddingsScenario()
+          break
+        case "pings":
+          await pingsScenario()
+          break
+        case "memory":
+          await memoryScenario()
+          break
+        case "disconnect":
+          await disconnectScenario()
+          break
+        case "scale-streams":
+          await scaleStreamsScenario()
+          break
+        case "scale-idle":
+          await scaleIdleScenario()
+          break
+      }
+    }
   } finally {
-    await Promise.all([ServerProcess.stop(baseline), ServerProcess.stop(aibase)])
+    await Promise.all([...hot.values(), ...(upstream === undefined ? [] : [upstream])].map(async (proc) => {
+      if (!proc.alive()) note(`${proc.name} had exited (${String(await proc.exited)}) by the end of the run`)
+      else await stop(proc)
+    }))
   }
 
-  // Memory on fresh processes, so garbage from the runs above does not blur it.
-  const idleBaseline = await start("bench/baseline-server.ts")
-  const idleAiBase = await start("src/main.ts")
-  try {
-    const perConnection = async (server: ServerProcess.ServerProcess, url: string) => {
-      const warm = await Promise.all(Array.from({ length: 20 }, () => open(url)))
-      for (const socket of warm) socket.close()
-      await new Promise((resolve) => setTimeout(resolve, 500))
-      const before = rssKiB(server.child.pid ?? 0)
-      const sockets = await Promise.all(Array.from({ length: IDLE_CONNECTIONS }, () => open(url)))
-      await new Promise((resolve) => setTimeout(resolve, 1000))
-      const after = rssKiB(server.child.pid ?? 0)
-      for (const socket of sockets) socket.terminate()
-      return (after - before) / IDLE_CONNECTIONS
-    }
-    const base = await perConnection(idleBaseline, `ws://127.0.0.1:${idleBaseline.port}`)
-    const ours = await perConnection(idleAiBase, `ws://127.0.0.1:${idleAiBase.port}/ws`)
-    console.log(`\nMemory for ${IDLE_CONNECTIONS} idle connections (RSS growth of a fresh process)`)
-    console.table({
-      "bare ws (baseline)": { "KiB per connection": base.toFixed(1), "vs baseline": "1.00" },
-      "AIBase /ws": { "KiB per connection": ours.toFixed(1), "vs baseline": (ours / Math.max(base, 0.1)).toFixed(2) }
-    })
-  } finally {
-    await Promise.all([ServerProcess.stop(idleBaseline), ServerProcess.stop(idleAiBase)])
+  const wallSeconds = (performance.now() - runStarted) / 1000
+  const shape = { ...upstreamDefaults, ...optionsFromEnv() }
+  const header = `AIBase (\`${aibaseCommand}\`) beside the floor (bare \`ws\` + \`node:http\` proxy), fake upstream: first chunk after ${shape.firstChunkDelayMs} ms, ${shape.chunks} chunks ${shape.chunkIntervalMs} ms apart. ` +
+    `Medians of ${profile.reps} repetition(s)${args.quick ? ", --quick" : ""}; ratio = AIBase / floor. ` +
+    `${availableParallelism()} CPUs, load average ${loadavg().map((l) => l.toFixed(2)).join(" ")}; wall time ${wallSeconds.toFixed(0)} s.`
+  console.log(`\n${header}\n\n${table()}\n`)
+  if (notes.length > 0) console.log(`Notes:\n${notes.map((n) => `- ${n}`).join("\n")}\n`)
+  const json = {
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: availableParallelism(),
+    loadavg: loadavg(),
+    wallSeconds,
+    args: process.argv.slice(2),
+    aibase: { command: aibaseCommand, env: args.aibaseEnv },
+    profile,
+    rows: rows.map((row) => ({
+      scenario: row.scenario,
+      metric: row.metric,
+      floor: row.floor,
+      aibase: row.aibase,
+      ratio: row.ratio === false ? null : ratioOf(row),
+      target: row.target?.label ?? null,
+      result: resultOf(row) || null
+    })),
+    notes,
+    raw
   }
+  writeFileSync(args.out, `${JSON.stringify(json, (_k, v: unknown) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2)}\n`)
+  console.log(`JSON: ${args.out}`)
 }
 
-main().then(() => process.exit(0), (error) => {
+main().then(() => process.exit(0), (error: unknown) => {
   console.error(error)
   process.exit(1)
 })

@@ -5,7 +5,7 @@
  * drain: refuse new work, let in-flight requests finish within the grace
  * period, then ask every connection to close.
  */
-import { Context, Data, Duration, Effect, type Fiber, FiberId, HashSet, Layer, Option, type Scope } from "effect"
+import { Context, Data, Duration, Effect, Either, type Fiber, FiberId, HashSet, Layer, Option, type Scope } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { UnavailableError } from "../protocol/Errors.js"
 
@@ -55,9 +55,20 @@ export const stoppedAtShutdown = new UnavailableError({
 export const isShutdown = (interruptors: HashSet.HashSet<FiberId.FiberId>): boolean =>
   HashSet.has(interruptors, ShutdownFiberId)
 
+/** A membership taken outside a scope: the caller must release it. */
+export interface ManualMembership extends Membership {
+  /** Leaves the Hub; only the first call counts. */
+  readonly release: () => void
+}
+
 export class Hub extends Context.Tag("aibase/Hub")<Hub, {
   /** Admits a connection for the lifetime of the current scope. */
   readonly connect: (transport: Transport) => Effect.Effect<Membership, ConnectionRefused, Scope.Scope>
+  /**
+   * Admits a connection synchronously, for code that ties the membership to
+   * something other than a scope (the upgrade path ties it to the socket).
+   */
+  readonly unsafeConnect: (transport: Transport) => Either.Either<ManualMembership, ConnectionRefused>
   /**
    * Runs a request, counted as in flight. Fails with `unavailable` once
    * draining has begun; a request still running when the grace period ends
@@ -65,6 +76,8 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
    */
   readonly track: <A, E, R>(request: Effect.Effect<A, E, R>) => Effect.Effect<A, E | UnavailableError, R>
   readonly stats: Effect.Effect<Stats>
+  /** `stats`, synchronously (for /health, which must answer even when the server is busy). */
+  readonly unsafeStats: () => Stats
   /**
    * Begins the graceful shutdown: refuses new connections and requests, waits
    * up to `grace` for in-flight requests, stops those still running, then
@@ -81,48 +94,79 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
     const running = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
     let draining = false
     let nextId = 0
+    // Callbacks waiting for a count to change (the drain's waits).
+    const watchers = new Set<() => void>()
+    const changed = () => {
+      if (watchers.size > 0) for (const watcher of [...watchers]) watcher()
+    }
 
     const refused = new UnavailableError({
       code: "shutting_down",
       message: "The server is shutting down; retry on a new connection shortly"
     })
 
+    const unsafeConnect = (transport: Transport): Either.Either<ManualMembership, ConnectionRefused> => {
+      if (draining) return Either.left(new ConnectionRefused({ reason: "shutting_down" }))
+      if (members.size >= maxConnections) return Either.left(new ConnectionRefused({ reason: "too_many_connections" }))
+      const member = { transport, close: Effect.void }
+      const id = ++nextId
+      members.set(id, member)
+      return Either.right({
+        id,
+        onShutdown: (close) => {
+          member.close = close
+        },
+        release: () => {
+          if (members.delete(id)) changed()
+        }
+      })
+    }
+
     const connect = (transport: Transport) =>
       Effect.acquireRelease(
-        Effect.suspend(() => {
-          if (draining) return Effect.fail(new ConnectionRefused({ reason: "shutting_down" }))
-          if (members.size >= maxConnections) return Effect.fail(new ConnectionRefused({ reason: "too_many_connections" }))
-          const member = { transport, close: Effect.void }
-          const membership: Membership = {
-            id: ++nextId,
-            onShutdown: (close) => {
-              member.close = close
-            }
-          }
-          members.set(membership.id, member)
-          return Effect.succeed(membership)
-        }),
-        (membership) => Effect.sync(() => members.delete(membership.id))
+        Effect.suspend(() => unsafeConnect(transport)),
+        (membership) => Effect.sync(membership.release)
       )
 
+    // Uninterruptible from counting the fiber until the removal is installed,
+    // so an interruption in between cannot leave a dead fiber counted.
     const track = <A, E, R>(request: Effect.Effect<A, E, R>): Effect.Effect<A, E | UnavailableError, R> =>
-      Effect.withFiberRuntime<A, E | UnavailableError, R>((fiber) => {
-        if (draining) return Effect.fail(refused)
-        running.add(fiber)
-        return Effect.ensuring(request, Effect.sync(() => running.delete(fiber)))
-      })
+      Effect.uninterruptibleMask((restore) =>
+        Effect.withFiberRuntime<A, E | UnavailableError, R>((fiber) => {
+          if (draining) return Effect.fail(refused)
+          running.add(fiber)
+          return Effect.ensuring(
+            restore(request),
+            Effect.sync(() => {
+              running.delete(fiber)
+              changed()
+            })
+          )
+        })
+      )
 
-    const stats = Effect.sync((): Stats => {
+    const unsafeStats = (): Stats => {
       const clientsByTransport: Record<Transport, number> = { ws: 0, rpc: 0 }
       for (const member of members.values()) clientsByTransport[member.transport]++
       return { clients: members.size, clientsByTransport, inFlight: running.size, draining }
-    })
+    }
 
-    /** Waits until `count()` is 0, for at most `limit` (finalizers are uninterruptible, hence the mask). */
+    /**
+     * Waits until `count()` is 0, for at most `limit`, woken by each change
+     * (no polling). Finalizers are uninterruptible, hence `interruptible`:
+     * the timeout must be able to stop the wait.
+     */
     const awaitZero = (count: () => number, limit: Duration.DurationInput) =>
-      Effect.sleep(Duration.millis(20)).pipe(
-        Effect.repeat({ until: () => count() === 0 }),
-        Effect.when(() => count() > 0),
+      Effect.async<void>((resume) => {
+        if (count() === 0) return resume(Effect.void)
+        const watcher = () => {
+          if (count() > 0) return
+          watchers.delete(watcher)
+          resume(Effect.void)
+        }
+        watchers.add(watcher)
+        return Effect.sync(() => watchers.delete(watcher))
+      }).pipe(
         Effect.interruptible,
         Effect.timeoutOption(limit),
         Effect.map(Option.isSome)
@@ -140,14 +184,14 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
             Effect.annotateLogs({ in_flight: running.size })
           )
           for (const fiber of running) fiber.unsafeInterruptAsFork(ShutdownFiberId)
-          // Stopping aborts upstream calls and queues error frames; give it a moment.
+          // Stopping aborts upstream calls and sends error frames; give it a moment.
           yield* awaitZero(() => running.size, Duration.seconds(1))
         }
         yield* Effect.forEach(members.values(), (member) => member.close, { concurrency: "unbounded", discard: true })
         yield* awaitZero(() => members.size, Duration.seconds(2))
       })
 
-    return Hub.of({ connect, track, stats, drain })
+    return Hub.of({ connect, unsafeConnect, track, stats: Effect.sync(unsafeStats), unsafeStats, drain })
   })
 
   static readonly layer: Layer.Layer<Hub, never, AppConfig> = Layer.effect(Hub, Hub.make)

@@ -12,6 +12,7 @@ import { Context, type Effect, type Stream } from "effect"
 import type { ChatCompletion, ChatCompletionChunk, UpstreamChatRequest } from "../protocol/Chat.js"
 import type { EmbeddingResponse, UpstreamEmbeddingRequest } from "../protocol/Embedding.js"
 import type { AiBaseError } from "../protocol/Errors.js"
+import * as Push from "../stream/Push.js"
 
 export class OpenAi extends Context.Tag("aibase/OpenAi")<OpenAi, {
   /** What /info and the startup log report. */
@@ -24,5 +25,20 @@ export class OpenAi extends Context.Tag("aibase/OpenAi")<OpenAi, {
    * so the last chunk may carry it with no choices.
    */
   readonly streamChatCompletion: (request: UpstreamChatRequest) => Stream.Stream<ChatCompletionChunk, AiBaseError>
+  /**
+   * The same stream pushed into a sink, one synchronous call per chunk: the
+   * form the server's hot path uses. Optional; without it the server pushes
+   * `streamChatCompletion`'s elements (see `pushChatCompletion`).
+   */
+  readonly pushChatCompletion?: (
+    request: UpstreamChatRequest
+  ) => Push.PushStream<ChatCompletionChunk, AiBaseError>
   readonly createEmbedding: (request: UpstreamEmbeddingRequest) => Effect.Effect<EmbeddingResponse, AiBaseError>
 }>() {}
+
+/** A provider's chunks as a push stream, through its own push form when it has one. */
+export const pushChatCompletion = (
+  openai: OpenAi["Type"],
+  request: UpstreamChatRequest
+): Push.PushStream<ChatCompletionChunk, AiBaseError> =>
+  openai.pushChatCompletion?.(request) ?? Push.fromStream(openai.streamChatCompletion(request))

@@ -7,7 +7,7 @@
  * request at once, Schema decoding of what comes back, an idle timeout on
  * streams, and the mapping of SDK errors onto the protocol's categories.
  */
-import { Duration, Effect, Layer, Option, Redacted, Schema, Stream } from "effect"
+import { Duration, Effect, Either, Layer, Option, type ParseResult, Redacted, Schema } from "effect"
 import OpenAI, { type APIError } from "openai"
 import { AppConfig } from "../config/AppConfig.js"
 import { ChatCompletion, ChatCompletionChunk, type UpstreamChatRequest } from "../protocol/Chat.js"
@@ -17,6 +17,7 @@ import {
   AuthenticationError,
   CancelledError,
   InternalError,
+  isAiBaseError,
   NotFoundError,
   PermissionError,
   RateLimitError,
@@ -25,6 +26,8 @@ import {
   ValidationError
 } from "../protocol/Errors.js"
 import { describeParseError } from "../protocol/Validation.js"
+import * as Push from "../stream/Push.js"
+import * as NodeFetch from "./NodeFetch.js"
 import { OpenAi } from "./OpenAi.js"
 
 export interface Options {
@@ -35,32 +38,86 @@ export interface Options {
 }
 
 export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
+  const http = yield* Effect.acquireRelease(Effect.sync(NodeFetch.make), (http) => Effect.sync(http.close))
   const client = new OpenAI({
     apiKey: Redacted.value(options.apiKey),
     baseURL: options.baseUrl,
     timeout: Duration.toMillis(options.timeout),
-    maxRetries: options.maxRetries
+    maxRetries: options.maxRetries,
+    fetch: http.fetch
   })
   const errors = makeErrorMapper(options)
+  const timeoutMillis = Duration.toMillis(options.timeout)
 
+  const invalid = (error: ParseResult.ParseError) =>
+    new UpstreamError({
+      code: "invalid_upstream_response",
+      message: `The model provider answered with an unexpected shape: ${describeParseError(error)}`
+    })
   const decode = <A, I>(schema: Schema.Schema<A, I>) => {
-    const decodeUnknown = Schema.decodeUnknown(schema)
-    return (raw: unknown) =>
-      decodeUnknown(raw).pipe(Effect.mapError((error) =>
-        new UpstreamError({
-          code: "invalid_upstream_response",
-          message: `The model provider answered with an unexpected shape: ${describeParseError(error)}`
-        })
-      ))
+    const decodeUnknown = Schema.decodeUnknownEither(schema)
+    return (raw: unknown) => Either.mapLeft(decodeUnknown(raw), invalid)
   }
   const decodeCompletion = decode(ChatCompletion)
   const decodeChunk = decode(ChatCompletionChunk)
   const decodeEmbeddings = decode(EmbeddingResponse)
 
-  const idleTimeout = () =>
-    new TimeoutError({
-      code: "upstream_timeout",
-      message: `The model provider sent nothing for ${Duration.format(options.timeout)}`
+  const idleTimeout = new TimeoutError({
+    code: "upstream_timeout",
+    message: `The model provider sent nothing for ${Duration.format(options.timeout)}`
+  })
+  const cutOff = new UpstreamError({
+    code: "stream_interrupted",
+    message: "The model provider's stream ended before the completion finished"
+  })
+
+  /**
+   * The hot path: one plain async loop per stream pulls each chunk from the
+   * SDK, decodes it and hands it to the sink, with no fiber step per chunk.
+   * The idle timeout is one timer refreshed per chunk. Interruption aborts
+   * the HTTP request.
+   */
+  const pushChatCompletion = (request: UpstreamChatRequest): Push.PushStream<ChatCompletionChunk, AiBaseError> =>
+  (sink) =>
+    Effect.async<void, AiBaseError>((resume) => {
+      const controller = new AbortController()
+      let timedOut = false
+      let idle: NodeJS.Timeout | undefined
+      const run = async (): Promise<void> => {
+        const stream = await client.chat.completions.create(
+          { ...request, stream: true, stream_options: { include_usage: true } },
+          { signal: controller.signal }
+        ).catch((cause: unknown) => Promise.reject(errors.fromSdk(cause)))
+        idle = setTimeout(() => {
+          timedOut = true
+          controller.abort()
+        }, timeoutMillis)
+        let finished = false
+        try {
+          for await (const raw of stream) {
+            const chunk = decodeChunk(raw)
+            if (Either.isLeft(chunk)) throw chunk.left
+            if (!finished) finished = chunk.right.choices.some((choice) => choice.finish_reason !== null)
+            const wait = sink(chunk.right)
+            if (wait !== undefined) {
+              // A slow client is not a silent model: the idle clock waits too.
+              clearTimeout(idle)
+              await wait
+            }
+            idle.refresh()
+          }
+        } catch (cause) {
+          throw isAiBaseError(cause) ? cause : errors.fromStream(cause)
+        }
+        // An aborted SDK stream ends quietly; the timer is why it was aborted.
+        if (timedOut) throw idleTimeout
+        if (!finished) throw cutOff
+      }
+      run().then(
+        () => resume(Effect.void),
+        (error: unknown) => resume(Effect.fail(timedOut ? idleTimeout : isAiBaseError(error) ? error : errors.fromStream(error)))
+      ).finally(() => clearTimeout(idle))
+      return Effect.sync(() => controller.abort())
     })
 
   return OpenAi.of({
@@ -73,24 +130,8 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
         catch: errors.fromSdk
       }).pipe(Effect.flatMap(decodeCompletion)),
 
-    streamChatCompletion: (request: UpstreamChatRequest) =>
-      Effect.tryPromise({
-        try: (signal) =>
-          client.chat.completions.create(
-            { ...request, stream: true, stream_options: { include_usage: true } },
-            { signal }
-          ),
-        catch: errors.fromSdk
-      }).pipe(
-        Effect.map((sdkStream) =>
-          fromSdkStream(sdkStream, errors.fromStream).pipe(
-            Stream.timeoutFail(idleTimeout, options.timeout),
-            Stream.mapEffect(decodeChunk),
-            failIfUnfinished
-          )
-        ),
-        Stream.unwrap
-      ),
+    pushChatCompletion,
+    streamChatCompletion: (request) => Push.toStream(pushChatCompletion(request)),
 
     createEmbedding: (request: UpstreamEmbeddingRequest) =>
       Effect.tryPromise({
@@ -103,7 +144,7 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
 })
 
 /** Provides `OpenAi` from AppConfig's OPENAI_* settings (the key must be set). */
-export const layer: Layer.Layer<OpenAi, never, AppConfig> = Layer.effect(
+export const layer: Layer.Layer<OpenAi, never, AppConfig> = Layer.scoped(
   OpenAi,
   Effect.gen(function*() {
     const config = yield* AppConfig
@@ -119,58 +160,6 @@ export const layer: Layer.Layer<OpenAi, never, AppConfig> = Layer.effect(
     })
   })
 )
-
-/**
- * An SDK stream as an Effect Stream. Releasing it aborts the HTTP request
- * before ending the iterator: the SDK's iterator is an async generator whose
- * `return()` would otherwise wait for the next chunk, which a stalled model
- * may never send.
- */
-export const fromSdkStream = <A>(
-  sdkStream: AsyncIterable<A> & { readonly controller: AbortController },
-  onError: (cause: unknown) => AiBaseError
-): Stream.Stream<A, AiBaseError> =>
-  Effect.acquireRelease(
-    Effect.sync(() => sdkStream[Symbol.asyncIterator]()),
-    (iterator) =>
-      Effect.sync(() => sdkStream.controller.abort()).pipe(
-        Effect.zipRight(Effect.promise(async () => {
-          await iterator.return?.()
-        }).pipe(Effect.ignore))
-      )
-  ).pipe(
-    Effect.map((iterator) =>
-      Stream.repeatEffectOption(
-        Effect.tryPromise({ try: () => iterator.next(), catch: (cause) => Option.some(onError(cause)) }).pipe(
-          Effect.flatMap((result) => result.done ? Effect.fail(Option.none()) : Effect.succeed(result.value))
-        )
-      )
-    ),
-    Stream.unwrapScoped
-  )
-
-/** A stream that ends without any finish_reason was cut off upstream. */
-const failIfUnfinished = <E>(
-  chunks: Stream.Stream<ChatCompletionChunk, E>
-): Stream.Stream<ChatCompletionChunk, E | UpstreamError> =>
-  Stream.suspend(() => {
-    let finished = false
-    return chunks.pipe(
-      Stream.tap((chunk) =>
-        Effect.sync(() => {
-          if (chunk.choices.some((choice) => choice.finish_reason !== null)) finished = true
-        })
-      ),
-      Stream.concat(Stream.suspend(() =>
-        finished ? Stream.empty : Stream.fail(
-          new UpstreamError({
-            code: "stream_interrupted",
-            message: "The model provider's stream ended before the completion finished"
-          })
-        )
-      ))
-    )
-  })
 
 /** Maps SDK failures onto the protocol's categories, scrubbing secrets from messages. */
 const makeErrorMapper = (options: Options) => {

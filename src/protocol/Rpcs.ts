@@ -43,13 +43,26 @@ export type AiBaseRpc = RpcGroup.Rpcs<typeof AiBaseRpcs>
 /**
  * The /ws names of each request: the `type` a client sends and, for requests
  * with a single answer, the `type` of that answer. A streamed request answers
- * with frames named by its events' tags.
+ * with frames named by its events' tags; `end` names the event that ends it.
  */
 export const WireNames = {
   Ping: { request: "ping", response: "pong" },
   ChatCompletion: { request: "chat_completion", response: "chat_completion_response" },
-  ChatCompletionStream: { request: "chat_completion_stream" },
+  ChatCompletionStream: { request: "chat_completion_stream", end: STREAM_END },
   Embedding: { request: "embedding", response: "embedding_response" },
   ToolsList: { request: "tools_list", response: "tools_list_response" },
   ToolExecute: { request: "tool_execute", response: "tool_execute_response" }
-} as const satisfies Record<AiBaseRpc["_tag"], { readonly request: string; readonly response?: string }>
+} as const satisfies Record<AiBaseRpc["_tag"], WireName>
+
+export interface WireName {
+  readonly request: string
+  readonly response?: string
+  readonly end?: string
+}
+
+/**
+ * Stream events whose decoded form is already their JSON form (decoding only
+ * filled in defaults), so the /ws adapter writes them without encoding: the
+ * chunks, which are most of the frames.
+ */
+export const PLAIN_EVENTS: ReadonlySet<string> = new Set(["chat_completion_stream_chunk"])

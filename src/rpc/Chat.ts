@@ -6,7 +6,7 @@
  */
 import { Context, Effect, Layer, Option, Stream } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
-import { OpenAi } from "../openai/OpenAi.js"
+import { OpenAi, pushChatCompletion } from "../openai/OpenAi.js"
 import {
   type AssistantMessage,
   type ChatCompletionRequest,
@@ -21,6 +21,7 @@ import {
 import { type AiBaseError, ValidationError } from "../protocol/Errors.js"
 import type { ChatStreamEvent } from "../protocol/Rpcs.js"
 import type { FunctionTool, ToolCall, ToolExecution, ToolRound } from "../protocol/Tools.js"
+import * as Push from "../stream/Push.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
 import { addUsage, StreamAccumulator } from "./StreamAccumulator.js"
 
@@ -31,6 +32,8 @@ const TOOL_CONCURRENCY = 8
 export class Chat extends Context.Tag("aibase/Chat")<Chat, {
   readonly complete: (request: ChatCompletionRequest) => Effect.Effect<ChatCompletionResponse, AiBaseError>
   readonly stream: (request: ChatCompletionRequest) => Stream.Stream<ChatStreamEvent, AiBaseError>
+  /** `stream` as a push stream: the form the /ws transport runs. */
+  readonly push: (request: ChatCompletionRequest) => Push.PushStream<ChatStreamEvent, AiBaseError>
 }>() {
   static readonly make = Effect.gen(function*() {
     const config = yield* AppConfig
@@ -121,61 +124,59 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
         }
       }).pipe(Effect.withSpan("Chat.complete"))
 
-    const stream = (request: ChatCompletionRequest): Stream.Stream<ChatStreamEvent, AiBaseError> =>
-      Stream.unwrap(Effect.map(resolve(request), (upstream) => {
+    /**
+     * A streamed completion, pushed event by event: each chunk is accumulated
+     * and handed on in the same synchronous call, so the tool loop adds no
+     * per-chunk cost. With `auto_execute_tools`, a round that ends in calls to
+     * registered tools runs them, pushes one `tool_execution` event per call
+     * and streams the next round; the last event is always the end event.
+     */
+    const push = (request: ChatCompletionRequest): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
+      Effect.gen(function*() {
+        let upstream = yield* resolve(request)
         const auto = request.auto_execute_tools === true
         const maxRounds = request.max_tool_rounds ?? DEFAULT_MAX_TOOL_ROUNDS
-
-        const round = (
-          current: UpstreamChatRequest,
-          rounds: ReadonlyArray<ToolRound>,
-          usageSoFar: Usage | undefined
-        ): Stream.Stream<ChatStreamEvent, AiBaseError> =>
-          Stream.suspend(() => {
-            const accumulator = new StreamAccumulator()
-            const chunks = openai.streamChatCompletion(current).pipe(
-              Stream.map((chunk): ChatStreamEvent => {
-                accumulator.add(chunk)
-                return { _tag: "chat_completion_stream_chunk", data: chunk }
-              })
-            )
-            const next = Stream.unwrap(Effect.gen(function*() {
-              const assembled = accumulator.result()
-              const usage = addUsage(usageSoFar, assembled.usage)
-              const end = (finishReason: string | null): ChatStreamEvent => ({
-                _tag: "chat_completion_stream_end",
-                data: {
-                  finish_reason: finishReason,
-                  content: assembled.content,
-                  ...(assembled.toolCalls.length > 0 ? { tool_calls: assembled.toolCalls } : {}),
-                  ...(usage ? { usage } : {}),
-                  ...(rounds.length > 0 ? { tool_rounds: rounds } : {})
-                }
-              })
-              if (!auto || !(yield* runnable(assembled.toolCalls))) return Stream.make(end(assembled.finishReason))
-              if (rounds.length >= maxRounds) return Stream.make(end(TOOL_ROUNDS_EXHAUSTED))
-              const executions = yield* execute(assembled.toolCalls)
-              const events = executions.map((execution): ChatStreamEvent => ({ _tag: "tool_execution", data: execution }))
-              return Stream.concat(
-                Stream.fromIterable(events),
-                round(
-                  continueWith(current, assembled.content || null, assembled.toolCalls, executions),
-                  [...rounds, { round: rounds.length + 1, executions }],
-                  usage
-                )
-              )
-            }))
-            return Stream.concat(chunks, next)
+        const rounds: Array<ToolRound> = []
+        let usage: Usage | undefined = undefined
+        while (true) {
+          const accumulator = new StreamAccumulator()
+          yield* pushChatCompletion(openai, upstream)((chunk) => {
+            accumulator.add(chunk)
+            return sink({ _tag: "chat_completion_stream_chunk", data: chunk })
           })
+          const assembled = accumulator.result()
+          usage = addUsage(usage, assembled.usage)
+          const end = (finishReason: string | null): ChatStreamEvent => ({
+            _tag: "chat_completion_stream_end",
+            data: {
+              finish_reason: finishReason,
+              content: assembled.content,
+              ...(assembled.toolCalls.length > 0 ? { tool_calls: assembled.toolCalls } : {}),
+              ...(usage ? { usage } : {}),
+              ...(rounds.length > 0 ? { tool_rounds: [...rounds] } : {})
+            }
+          })
+          if (!auto || !(yield* runnable(assembled.toolCalls))) return yield* awaitSink(sink(end(assembled.finishReason)))
+          if (rounds.length >= maxRounds) return yield* awaitSink(sink(end(TOOL_ROUNDS_EXHAUSTED)))
+          const executions = yield* execute(assembled.toolCalls)
+          for (const execution of executions) yield* awaitSink(sink({ _tag: "tool_execution", data: execution }))
+          rounds.push({ round: rounds.length + 1, executions })
+          upstream = continueWith(upstream, assembled.content || null, assembled.toolCalls, executions)
+        }
+      })
 
-        return round(upstream, [], undefined)
-      }))
+    const stream = (request: ChatCompletionRequest): Stream.Stream<ChatStreamEvent, AiBaseError> =>
+      Push.toStream(push(request))
 
-    return Chat.of({ complete, stream })
+    return Chat.of({ complete, stream, push })
   })
 
   static readonly layer: Layer.Layer<Chat, never, AppConfig | OpenAi | ToolRegistry> = Layer.effect(Chat, Chat.make)
 }
+
+/** Waits when the sink asked for it. */
+const awaitSink = (wait: Promise<void> | undefined): Effect.Effect<void> =>
+  wait === undefined ? Effect.void : Effect.promise(() => wait)
 
 const toFunctionTool = (definition: { readonly name: string; readonly description?: string; readonly parameters?: { readonly [key: string]: unknown } }): FunctionTool => ({
   type: "function",

@@ -2,14 +2,46 @@
  * The one implementation of every AIBase request. Both transports serve
  * these handlers: /rpc through RpcServer, /ws through the envelope adapter.
  */
-import { Clock, DateTime, Effect, Layer } from "effect"
+import { Clock, Context, DateTime, Effect, Either, Layer, type ParseResult, Schema } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { OpenAi } from "../openai/OpenAi.js"
-import { AiBaseRpcs } from "../protocol/Rpcs.js"
+import { ChatCompletionRequest } from "../protocol/Chat.js"
+import type { AiBaseError } from "../protocol/Errors.js"
+import { type AiBaseRpc, AiBaseRpcs } from "../protocol/Rpcs.js"
+import type * as Push from "../stream/Push.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
 import { Chat } from "./Chat.js"
 
-export const layer = AiBaseRpcs.toLayer(Effect.gen(function*() {
+/** A streamed request's handler in push form, with the decoding of its payload. */
+export interface PushHandler {
+  readonly run: (payload: unknown) => Either.Either<Push.PushStream<StreamEvent, AiBaseError>, ParseResult.ParseError>
+}
+
+/** The element of a stream: its tag names the /ws frame, `data` is the frame's data. */
+export interface StreamEvent {
+  readonly _tag: string
+  readonly data: unknown
+}
+
+const pushHandler = <P, I, A extends StreamEvent>(
+  payload: Schema.Schema<P, I>,
+  run: (payload: P) => Push.PushStream<A, AiBaseError>
+): PushHandler => {
+  const decode = Schema.decodeUnknownEither(payload, { errors: "all", onExcessProperty: "ignore" })
+  return { run: (raw) => Either.map(decode(raw), run) }
+}
+
+/**
+ * The streamed requests again, in push form, keyed by Rpc tag: what the /ws
+ * transport runs (one function call per element instead of a Stream pull).
+ * Each is the same implementation as the RpcGroup handler of that tag.
+ */
+export class PushHandlers extends Context.Tag("aibase/PushHandlers")<
+  PushHandlers,
+  ReadonlyMap<AiBaseRpc["_tag"], PushHandler>
+>() {}
+
+const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
   const config = yield* AppConfig
   const openai = yield* OpenAi
   const registry = yield* ToolRegistry
@@ -27,4 +59,11 @@ export const layer = AiBaseRpcs.toLayer(Effect.gen(function*() {
     ToolsList: () => Effect.map(registry.definitions, (tools) => ({ tools })),
     ToolExecute: ({ tool_call }) => registry.execute(tool_call)
   })
-})).pipe(Layer.provide(Chat.layer))
+}))
+
+const pushHandlers = Layer.effect(
+  PushHandlers,
+  Effect.map(Chat, (chat) => new Map([["ChatCompletionStream", pushHandler(ChatCompletionRequest, chat.push)]]))
+)
+
+export const layer = Layer.merge(rpcHandlers, pushHandlers).pipe(Layer.provide(Chat.layer))

@@ -5,9 +5,7 @@
  * HttpRouter, and replace any service (OpenAi, ToolRegistry, Hub) with its own.
  */
 import { HttpLayerRouter, HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
-import { Duration, Effect, Layer } from "effect"
-import { createServer } from "node:http"
+import { Effect, Layer } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { Hub } from "../hub/Hub.js"
 import { OpenAi } from "../openai/OpenAi.js"
@@ -17,6 +15,7 @@ import * as BuiltinTools from "../tools/builtin/BuiltinTools.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
 import * as Auth from "./Auth.js"
 import * as HttpRoutes from "./HttpRoutes.js"
+import * as NodeServer from "./NodeServer.js"
 import * as RpcRoute from "./RpcRoute.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 import * as WsRoute from "./WsRoute.js"
@@ -42,13 +41,20 @@ export const layerServices: Layer.Layer<Hub | ToolRegistry | OpenAi, never, AppC
 )
 
 /** The Node HTTP server on SERVER_HOST:SERVER_PORT. */
-export const layerHttpServer = Layer.unwrapEffect(Effect.map(AppConfig, (config) => {
-  const readTimeout = Duration.toMillis(config.server.readTimeout)
-  return NodeHttpServer.layer(() => createServer({ requestTimeout: readTimeout, headersTimeout: readTimeout }), {
-    host: config.server.host,
-    port: config.server.port
-  })
-}))
+export const layerHttpServer = NodeServer.layerConfig
+
+/**
+ * Routes WebSocket upgrades for AIBase's endpoints straight from the Node
+ * server to `WebSocketUpgrade`, past the router (see `NodeServer`).
+ */
+const layerUpgrades = Layer.scopedDiscard(Effect.gen(function*() {
+  const server = yield* NodeServer.NodeServer
+  const upgrader = yield* WebSocketUpgrade
+  yield* Effect.acquireRelease(
+    Effect.sync(() => server.setUpgradeHandler(upgrader.handle)),
+    () => Effect.sync(() => server.setUpgradeHandler(undefined))
+  )
+})).pipe(Layer.provide(WebSocketUpgrade.layer)) // the same instance as the routes' (layers are shared by reference)
 
 /**
  * Drains the Hub when the server shuts down (see `Hub.drain`). It must be
@@ -92,6 +98,7 @@ export const withGracefulShutdown = <A, E, R>(served: Layer.Layer<A, E, R>) =>
 export const layerServer = withGracefulShutdown(
   HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })
 ).pipe(
+  Layer.merge(layerUpgrades),
   Layer.merge(logStartup),
   Layer.provideMerge(layerHttpServer)
 )

@@ -29,21 +29,27 @@ export const makeChecker = (tokens: ReadonlyArray<Redacted.Redacted<string>>) =>
   }
 }
 
-/** The token a request presents, from its Authorization header or its `token` query parameter. */
-export const presentedToken = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
-  const header = request.headers["authorization"]
-  const bearer = header?.match(/^Bearer\s+(.+)$/i)?.[1]
+/** The token presented by an Authorization header or a `token` query parameter. */
+export const tokenOf = (authorization: string | undefined, url: string | undefined): string | undefined => {
+  const bearer = authorization?.match(/^Bearer\s+(.+)$/i)?.[1]
   if (bearer !== undefined) return bearer.trim()
-  return new URL(request.url, "http://localhost").searchParams.get("token") ?? undefined
+  if (url === undefined || !url.includes("token=")) return undefined
+  return new URL(url, "http://localhost").searchParams.get("token") ?? undefined
 }
 
-const unauthorized = HttpServerResponse.unsafeJson(
-  {
-    error: "unauthorized",
-    message: "Missing or invalid token: send 'Authorization: Bearer <token>' or add '?token=<token>' to the URL"
-  },
-  { status: 401, headers: { "www-authenticate": "Bearer" } }
-)
+/** The token a request presents, from its Authorization header or its `token` query parameter. */
+export const presentedToken = (request: HttpServerRequest.HttpServerRequest): string | undefined =>
+  tokenOf(request.headers["authorization"], request.url)
+
+export const unauthorizedBody = {
+  error: "unauthorized",
+  message: "Missing or invalid token: send 'Authorization: Bearer <token>' or add '?token=<token>' to the URL"
+} as const
+
+const unauthorized = HttpServerResponse.unsafeJson(unauthorizedBody, {
+  status: 401,
+  headers: { "www-authenticate": "Bearer" }
+})
 
 /** Global middleware enforcing AUTH_TOKENS; a no-op when none are configured. */
 export const layer = HttpLayerRouter.middleware(

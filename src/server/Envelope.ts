@@ -9,12 +9,18 @@ import { Headers } from "@effect/platform"
 import { Rpc, RpcSchema } from "@effect/rpc"
 import { Context, Effect, Either, Mailbox, type ParseResult, Schema, Stream } from "effect"
 import { type AiBaseError, InternalError, isAiBaseError, ValidationError } from "../protocol/Errors.js"
-import { CancelResponse, ErrorFrame, errorFrame, RequestEnvelope } from "../protocol/Frames.js"
-import { type AiBaseRpc, AiBaseRpcs, STREAM_END, WireNames } from "../protocol/Rpcs.js"
+import { CANCEL, CANCEL_RESPONSE, CancelResponse, ErrorFrame, errorFrame, RequestEnvelope } from "../protocol/Frames.js"
+import { jsonDepthExceeds } from "../protocol/JsonDepth.js"
+import { type AiBaseRpc, AiBaseRpcs, PLAIN_EVENTS, type WireName, WireNames } from "../protocol/Rpcs.js"
 import { validationError } from "../protocol/Validation.js"
+import { PushHandlers, type StreamEvent } from "../rpc/Handlers.js"
 
-/** Hands an encoded frame to the connection; `final` marks a request's last frame. */
-export type Emit = (frame: string, final: boolean) => Effect.Effect<void>
+/**
+ * Hands an encoded frame to the connection; `final` marks a request's last
+ * frame. A returned promise asks the caller to wait before producing more
+ * (the client is not reading fast enough).
+ */
+export type Emit = (frame: string, final: boolean) => Promise<void> | undefined
 
 export interface Route {
   readonly type: string
@@ -36,120 +42,151 @@ export interface Incoming {
   readonly payload: unknown
 }
 
-const decodeJson = Schema.decodeUnknownEither(Schema.parseJson())
+/**
+ * How deep a frame may nest. Real requests need a handful of levels (tool
+ * parameter schemas a dozen or two); much deeper values would make the
+ * Schema parser and error formatting recurse toward the stack limit.
+ */
+export const MAX_DEPTH = 64
+
 const decodeEnvelope = Schema.decodeUnknownEither(RequestEnvelope)
-const encodeErrorFrame = Schema.encodeSync(Schema.parseJson(ErrorFrame))
-const encodeCancelFrame = Schema.encodeSync(Schema.parseJson(Schema.Struct({
-  type: Schema.Literal("cancel_response"),
-  request_id: Schema.String,
-  data: CancelResponse
-})))
+const encodeErrorFrame = Schema.encodeSync(ErrorFrame)
+
+/** A frame around data that is already in its JSON form. */
+const frame = (type: string, requestId: string, data: unknown): string =>
+  `{"type":${JSON.stringify(type)},"request_id":${JSON.stringify(requestId)},"data":${JSON.stringify(data)}}`
 
 const encodingFailed = (error: ParseResult.ParseError) =>
   Effect.logError("A handler produced a value its Schema rejects", error).pipe(
     Effect.zipRight(new InternalError({ code: "encoding_failed", message: "The server produced an invalid response" }))
   )
 
-/** Builds the routes from the group; needs the group's handlers in context. */
-export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc>> = Effect.gen(function*() {
+const unfinished = new InternalError({ code: "stream_unfinished", message: "The stream ended without its final frame" })
+
+/** Waits when the connection asked for it. */
+const awaitEmit = (wait: Promise<void> | undefined): Effect.Effect<void> =>
+  wait === undefined ? Effect.void : Effect.promise(() => wait)
+
+/** Builds the routes from the group; needs the group's handlers (and their push forms) in context. */
+export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | PushHandlers> = Effect.gen(function*() {
   const routes = new Map<string, Route>()
   const context = yield* Effect.context<Rpc.ToHandler<AiBaseRpc>>()
+  const pushHandlers = yield* PushHandlers
   for (const rpc of AiBaseRpcs.requests.values()) {
-    const names: { readonly request: string; readonly response?: string } = WireNames[rpc._tag]
+    const names: WireName = WireNames[rpc._tag]
     const invoke = handlerOf(context, rpc.key)
     const payloadSchema: Schema.Schema.AnyNoContext = rpc.payloadSchema
     const decodePayload = Schema.decodeUnknownEither(payloadSchema, { errors: "all", onExcessProperty: "ignore" })
-    const call = (payload: unknown): Effect.Effect<Result, AiBaseError> =>
-      Either.match(decodePayload(payload), {
-        onLeft: (error) => Effect.fail(validationError("invalid_payload", error, ["payload"])),
-        onRight: (decoded) => Effect.succeed(invoke(decoded))
-      })
+    const invalidPayload = (error: ParseResult.ParseError) => validationError("invalid_payload", error, ["payload"])
     const successSchema: Schema.Schema.AnyNoContext = rpc.successSchema
 
     let run: Route["run"]
     if (RpcSchema.isStreamSchema(successSchema)) {
       const eventSchema: Schema.Schema<StreamEvent, StreamEvent> = successSchema.success
       const encodeEvent = Schema.encodeUnknownEither(eventSchema)
-      run = (requestId, payload, emit) =>
-        call(payload).pipe(
-          Effect.map((result) => Effect.isEffect(result) ? Stream.unwrap(Effect.flatMap(result, asStream)) : result),
-          Effect.flatMap(Stream.runForEach((value) =>
-            Either.match(encodeEvent(value), {
-              onLeft: encodingFailed,
-              onRight: (encoded) =>
-                emit(
-                  JSON.stringify({ type: encoded._tag, request_id: requestId, data: encoded.data }),
-                  encoded._tag === STREAM_END
-                )
-            })
-          ))
+      const end = names.end
+      const push = pushHandlers.get(rpc._tag)
+      run = (requestId, payload, emit) => {
+        let ended = false
+        // One synchronous call per event: encode, frame, hand to the connection.
+        const sink = (event: StreamEvent): Promise<void> | undefined => {
+          if (PLAIN_EVENTS.has(event._tag)) return emit(frame(event._tag, requestId, event.data), false)
+          const encoded = encodeEvent(event)
+          if (Either.isLeft(encoded)) throw new EncodingFailure(encoded.left)
+          ended = encoded.right._tag === end
+          return emit(frame(encoded.right._tag, requestId, encoded.right.data), ended)
+        }
+        const stream: Effect.Effect<void, AiBaseError> = push === undefined
+          ? Either.match(decodePayload(payload), {
+            onLeft: (error) => Effect.fail(invalidPayload(error)),
+            onRight: (decoded) =>
+              Stream.runForEach(asStream(invoke(decoded)), (event) => Effect.suspend(() => awaitEmit(sink(event))))
+          })
+          : Either.match(push.run(payload), {
+            onLeft: (error) => Effect.fail(invalidPayload(error)),
+            onRight: (stream) => stream(sink)
+          })
+        return stream.pipe(
+          Effect.catchAllDefect((defect) => defect instanceof EncodingFailure ? encodingFailed(defect.error) : Effect.die(defect)),
+          Effect.zipRight(Effect.suspend(() => ended ? Effect.void : Effect.fail(unfinished)))
         )
+      }
     } else {
-      const encodeFrame = Schema.encodeUnknownEither(Schema.parseJson(Schema.Struct({
-        type: Schema.String,
-        request_id: Schema.String,
-        data: successSchema
-      })))
+      const encodeData = Schema.encodeUnknownEither(successSchema)
       const type = names.response ?? `${names.request}_response`
       run = (requestId, payload, emit) =>
-        call(payload).pipe(
-          Effect.flatMap((result) => Effect.isEffect(result) ? result : Effect.dieMessage(`${rpc._tag} returned a stream`)),
-          Effect.flatMap((data) =>
-            Either.match(encodeFrame({ type, request_id: requestId, data }), {
-              onLeft: encodingFailed,
-              onRight: (frame) => emit(frame, true)
-            })
-          )
-        )
+        Either.match(decodePayload(payload), {
+          onLeft: (error) => Effect.fail(invalidPayload(error)),
+          onRight: (decoded) => {
+            const result = invoke(decoded)
+            return Effect.isEffect(result)
+              ? Effect.flatMap(result, (data) =>
+                Either.match(encodeData(data), {
+                  onLeft: encodingFailed,
+                  onRight: (encoded) => awaitEmit(emit(frame(type, requestId, encoded), true))
+                }))
+              : Effect.dieMessage(`${rpc._tag} returned a stream`)
+          }
+        })
     }
     routes.set(names.request, { type: names.request, run })
   }
 
-  const known = [...routes.keys(), "cancel"].join(", ")
+  const known = [...routes.keys(), CANCEL].join(", ")
 
-  const read: Envelope["read"] = (text) => {
-    const json = decodeJson(text)
-    if (Either.isLeft(json)) {
+  const read = (text: string): Either.Either<Incoming, { readonly requestId: string | null; readonly error: ValidationError }> => {
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch {
       return Either.left({
         requestId: null,
         error: new ValidationError({ code: "invalid_json", message: "The frame is not valid JSON" })
       })
     }
-    const envelope = decodeEnvelope(json.right)
+    if (jsonDepthExceeds(json, MAX_DEPTH)) {
+      return Either.left({
+        requestId: salvageRequestId(json),
+        error: new ValidationError({ code: "too_deep", message: `The frame nests deeper than ${MAX_DEPTH} levels` })
+      })
+    }
+    const envelope = decodeEnvelope(json)
     if (Either.isLeft(envelope)) {
-      return Either.left({ requestId: salvageRequestId(json.right), error: validationError("invalid_frame", envelope.left) })
+      return Either.left({ requestId: salvageRequestId(json), error: validationError("invalid_frame", envelope.left) })
     }
     const { payload, request_id, type } = envelope.right
+    if (type !== CANCEL && !routes.has(type)) {
+      return Either.left({
+        requestId: request_id,
+        error: new ValidationError({
+          code: "unknown_type",
+          message: `Unknown request type "${truncate(type)}"; expected one of: ${known}`
+        })
+      })
+    }
     return Either.right({ type, requestId: request_id, payload })
   }
 
   return {
     routes,
-    read: (text) =>
-      Either.flatMap(read(text), (incoming) =>
-        incoming.type === "cancel" || routes.has(incoming.type) ? Either.right(incoming) : Either.left({
-          requestId: incoming.requestId,
-          error: new ValidationError({
-            code: "unknown_type",
-            message: `Unknown request type "${incoming.type}"; expected one of: ${known}`
-          })
-        })),
-    encodeError: (requestId, error) => encodeErrorFrame(errorFrame(requestId, error)),
-    encodeCancelResponse: (requestId, data) => encodeCancelFrame({ type: "cancel_response", request_id: requestId, data })
+    read,
+    encodeError: (requestId, error) => JSON.stringify(encodeErrorFrame(errorFrame(requestId, error))),
+    encodeCancelResponse: (requestId, data) => frame(CANCEL_RESPONSE, requestId, data)
   }
 })
+
+/** Carries a Schema failure out of a synchronous sink. */
+class EncodingFailure {
+  constructor(readonly error: ParseResult.ParseError) {}
+}
+
+const truncate = (text: string): string => text.length > 64 ? `${text.slice(0, 64)}…` : text
 
 /** The request id of a frame whose envelope is invalid, if it has a usable one. */
 const salvageRequestId = (value: unknown): string | null => {
   if (typeof value !== "object" || value === null || !("request_id" in value)) return null
   const id = value.request_id
   return typeof id === "string" && id.length > 0 && id.length <= 128 ? id : null
-}
-
-/** The shape of a stream element: its tag names the frame, `data` is the frame's data. */
-interface StreamEvent {
-  readonly _tag: string
-  readonly data: unknown
 }
 
 /** What a handler returns, with its types erased. */
@@ -184,8 +221,18 @@ const handlerOf = (context: Context.Context<never>, key: string) => {
 const toAiBaseError = (error: unknown): AiBaseError =>
   isAiBaseError(error) ? error : new InternalError({ code: "internal_error", message: "The request failed unexpectedly" })
 
-/** A streaming handler may return its stream as an Effect of a Mailbox. */
-const asStream = (value: unknown): Effect.Effect<Stream.Stream<unknown, AiBaseError>> =>
-  Mailbox.isReadonlyMailbox(value)
-    ? Effect.succeed(Mailbox.toStream(value).pipe(Stream.mapError(toAiBaseError)))
-    : Effect.dieMessage("expected a stream")
+/** A streaming handler returns a Stream, or an Effect of a Mailbox. */
+const asStream = (result: Result): Stream.Stream<StreamEvent, AiBaseError> => {
+  const stream: Stream.Stream<unknown, AiBaseError> = Effect.isEffect(result)
+    ? Stream.unwrap(Effect.flatMap(result, (value) =>
+      Mailbox.isReadonlyMailbox(value)
+        ? Effect.succeed(Mailbox.toStream(value).pipe(Stream.mapError(toAiBaseError)))
+        : Effect.dieMessage("expected a stream")))
+    : result
+  return Stream.mapEffect(stream, (value) => isStreamEvent(value) ? Effect.succeed(value) : Effect.dieMessage("expected a stream event"))
+}
+
+const isStreamEvent = (value: unknown): value is StreamEvent =>
+  typeof value === "object" && value !== null && "_tag" in value && typeof value._tag === "string" && "data" in value
+
+

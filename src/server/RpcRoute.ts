@@ -8,16 +8,21 @@
  * `SocketServer` fed by this route. A wrapping middleware counts each
  * request with the Hub and bounds the requests in flight per connection.
  * Cancelling is native: an RpcClient interrupts its fiber.
+ *
+ * Frames are checked before RpcServer reads them, and payloads that fail
+ * their Schema become typed `invalid_payload` errors (see RpcInput): no frame
+ * closes the connection.
  */
-import { HttpLayerRouter, type Socket, SocketServer } from "@effect/platform"
-import { RpcMiddleware, RpcSerialization, RpcServer } from "@effect/rpc"
-import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Schedule } from "effect"
+import { HttpLayerRouter, Socket, SocketServer } from "@effect/platform"
+import { RpcMiddleware, RpcServer } from "@effect/rpc"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Runtime, Schedule } from "effect"
 import type { WebSocket } from "ws"
 import { AppConfig } from "../config/AppConfig.js"
 import { Hub, isShutdown, stoppedAtShutdown } from "../hub/Hub.js"
 import { AiBaseError, OverloadedError } from "../protocol/Errors.js"
 import { AiBaseRpcs } from "../protocol/Rpcs.js"
 import * as Handlers from "../rpc/Handlers.js"
+import * as RpcInput from "./RpcInput.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 
 export const PATH = "/rpc"
@@ -45,21 +50,27 @@ const layerRequestGuard = Layer.effect(
         else inFlight.delete(clientId)
       })
     // The request runs in a child fiber so that, if the Hub stops it at
-    // shutdown, the client gets a typed `unavailable` error instead of an interruption.
-    const guarded = <A, E, R>(next: Effect.Effect<A, E, R>) =>
-      hub.track(next).pipe(
-        Effect.fork,
-        Effect.flatMap(Fiber.await),
-        Effect.flatMap((exit) =>
-          Exit.isFailure(exit) && isShutdown(Cause.interruptors(exit.cause)) ? Effect.fail(stoppedAtShutdown) : exit
-        )
-      )
+    // shutdown, the client gets a typed `unavailable` error instead of an
+    // interruption. The slot is held until the child has stopped: when the
+    // request is interrupted (the client's Interrupt, a disconnect), the
+    // child is interrupted and awaited before the slot is given back. All
+    // but the two `restore`d parts is uninterruptible, so the slot cannot leak.
     return RequestGuard.of(({ clientId, next }) =>
-      Effect.suspend(() => {
+      Effect.uninterruptibleMask((restore) => {
         const count = inFlight.get(clientId) ?? 0
         if (count >= maxInFlight) return Effect.fail(overloaded)
         inFlight.set(clientId, count + 1)
-        return guarded(next).pipe(Effect.ensuring(release(clientId)))
+        return Effect.flatMap(Effect.fork(restore(hub.track(next))), (child) =>
+          Effect.matchCauseEffect(restore(Fiber.await(child)), {
+            // Awaiting cannot fail: this is the request being interrupted.
+            onFailure: (cause) =>
+              Fiber.interrupt(child).pipe(Effect.zipRight(release(clientId)), Effect.zipRight(Effect.failCause(cause))),
+            onSuccess: (exit) =>
+              Effect.zipRight(
+                release(clientId),
+                Exit.isFailure(exit) && isShutdown(Cause.interruptors(exit.cause)) ? Effect.fail(stoppedAtShutdown) : exit
+              )
+          }))
       })
     )
   })
@@ -107,29 +118,50 @@ const dropWhenNotReading = (raw: WebSocket, maxBufferedBytes: number, writeTimeo
     }).pipe(Effect.repeat(Schedule.spaced(Duration.millis(250))))
   })
 
-const route = Layer.effectDiscard(Effect.gen(function*() {
+const route = Layer.scopedDiscard(Effect.gen(function*() {
   const router = yield* HttpLayerRouter.HttpRouter
   const { limits, server } = yield* AppConfig
   const upgrader = yield* WebSocketUpgrade
   const sockets = yield* RpcSockets
+  const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
-  yield* router.add(
-    "GET",
-    PATH,
-    upgrader.route("rpc", ({ raw, socket }, membership) =>
-      Effect.gen(function*() {
-        membership.onShutdown(Effect.sync(() => raw.close(1001, "server shutting down")))
-        yield* dropWhenNotReading(raw, limits.maxBufferedBytes, server.writeTimeout).pipe(Effect.forkScoped)
-        yield* sockets.serve(socket)
+  const serve = (raw: WebSocket) =>
+    Effect.gen(function*() {
+      const socket = yield* Socket.fromWebSocket(
+        // ws implements the WHATWG WebSocket interface the platform Socket expects.
+        Effect.succeed(raw as unknown as globalThis.WebSocket),
+        { closeCodeIsError: () => false }
+      )
+      yield* dropWhenNotReading(raw, limits.maxBufferedBytes, server.writeTimeout).pipe(Effect.forkScoped)
+      yield* sockets.serve(socket)
+    }).pipe(
+      Effect.scoped,
+      // The RPC server only stops serving an open socket when it failed.
+      Effect.ensuring(Effect.sync(() => {
+        if (raw.readyState === raw.OPEN) raw.close(1011, "unexpected server error")
       }))
-  )
+    )
+
+  yield* upgrader.endpoint(PATH, "rpc", (raw, membership) => {
+    membership.onShutdown(Effect.sync(() => raw.close(1001, "server shutting down")))
+    runFork(serve(raw))
+  })
+  yield* router.add("GET", PATH, upgrader.route(PATH))
 }))
+
+/** The group as RpcServer serves it: payloads that fail their Schema become typed errors (see RpcInput). */
+const served = RpcInput.lenientPayloads(AiBaseRpcs.middleware(RequestGuard))
 
 /** The /rpc route and the RpcServer behind it. Needs the same services as /ws. */
 export const layer = Layer.mergeAll(
   route,
-  RpcServer.layer(AiBaseRpcs.middleware(RequestGuard), { disableTracing: true }).pipe(
-    Layer.provide([RpcServer.layerProtocolSocketServer, layerRequestGuard, Handlers.layer]),
-    Layer.provide(RpcSerialization.layerJson)
+  RpcServer.layer(served, { disableTracing: true }).pipe(
+    Layer.provide([
+      RpcServer.layerProtocolSocketServer,
+      layerRequestGuard,
+      RpcInput.guardHandlers(served).pipe(Layer.provide(Handlers.layer))
+    ]),
+    // JSON, with each frame's shape checked before RpcServer reads it (see RpcInput).
+    Layer.provide(RpcInput.layerSerialization)
   )
 ).pipe(Layer.provide(layerSockets))

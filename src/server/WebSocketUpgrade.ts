@@ -1,70 +1,111 @@
 /**
- * Upgrades HTTP requests to WebSockets with AIBase's limits. The platform's
- * own upgrade offers no way to set ws's `maxPayload`, and that limit must hold
- * while a frame is being read (an oversized frame closes the connection with
- * 1009 before more than the limit is buffered), so the upgrade happens here,
- * on a `ws` server we configure. Both /ws and /rpc use it.
+ * Accepts WebSocket upgrades for AIBase's endpoints (/ws and /rpc) with its
+ * limits: a valid handshake, auth, admission by the Hub, ws's `maxPayload`
+ * (an oversized frame closes the connection with 1009 before more than the
+ * limit is buffered), and a shared heartbeat.
  *
- * Upgraded sockets share a heartbeat: a ping every WS_PING_INTERVAL_SECONDS,
- * and a client that missed the previous pong is dropped.
+ * Upgrades are taken straight from the Node server's `upgrade` event (see
+ * `NodeServer`), not through the HTTP router: a connection then costs a `ws`
+ * socket and a few closures instead of the platform's per-request fibers.
+ * The router routes that remain serve plain GETs (426) and apps that mount
+ * AIBase's routes on a server of their own.
+ *
+ * A connection's Hub membership lives exactly as long as its TCP socket, so
+ * a handshake that ws rejects after admission (a malformed
+ * Sec-WebSocket-Protocol, say, which never reaches the upgrade callback)
+ * still gives its slot back.
  */
-import { HttpServerRequest, HttpServerResponse, Socket } from "@effect/platform"
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Context, Effect, Either, Layer, type Scope } from "effect"
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
+import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ConnectionRefused, Hub, type Membership, type Transport } from "../hub/Hub.js"
-
-export interface Upgraded {
-  /** The platform Socket: frames in, frames out. */
-  readonly socket: Socket.Socket
-  /** The underlying `ws` socket, for flow control (`bufferedAmount`). */
-  readonly raw: WebSocket
-}
+import * as Auth from "./Auth.js"
 
 const EMPTY_HEAD = Buffer.alloc(0)
 const WEBSOCKET_KEY = /^[+/0-9A-Za-z]{22}==$/
 
 /** Why a request cannot be upgraded, or undefined when it can. */
-export const upgradeProblem = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
-  const headers = request.headers
-  if (request.method !== "GET") return "WebSocket upgrades use GET"
+export const upgradeProblem = (method: string | undefined, headers: IncomingHttpHeaders): string | undefined => {
+  if (method !== "GET") return "WebSocket upgrades use GET"
   if (headers["upgrade"]?.toLowerCase() !== "websocket") return "Expected a WebSocket upgrade request"
   if (!WEBSOCKET_KEY.test(headers["sec-websocket-key"] ?? "")) return "Missing or invalid Sec-WebSocket-Key"
   if (headers["sec-websocket-version"] !== "13") return "Unsupported Sec-WebSocket-Version (expected 13)"
   return undefined
 }
 
-/** The answer to a request that cannot be upgraded. */
-export const notUpgradable = (problem: string) =>
-  HttpServerResponse.unsafeJson({ error: problem }, { status: 426, headers: { upgrade: "websocket" } })
+interface Rejection {
+  readonly status: number
+  readonly headers: Readonly<Record<string, string>>
+  readonly body: object
+}
 
-/** The answer to an upgrade the Hub refused. */
-export const refused = (error: ConnectionRefused) =>
-  HttpServerResponse.unsafeJson(
-    { status: error.reason, error: error.reason, message: error.message },
-    { status: 503, headers: { "retry-after": "1" } }
+const notUpgradable = (problem: string): Rejection => ({
+  status: 426,
+  headers: { upgrade: "websocket" },
+  body: { error: problem }
+})
+
+const refused = (error: ConnectionRefused): Rejection => ({
+  status: 503,
+  headers: { "retry-after": "1" },
+  body: { status: error.reason, error: error.reason, message: error.message }
+})
+
+const unauthorized: Rejection = { status: 401, headers: { "www-authenticate": "Bearer" }, body: Auth.unauthorizedBody }
+
+const STATUS_TEXT: Readonly<Record<number, string>> = {
+  401: "Unauthorized",
+  426: "Upgrade Required",
+  503: "Service Unavailable"
+}
+
+/** Answers an upgrade request on its raw socket and closes it. */
+const writeRejection = (socket: Duplex, rejection: Rejection): void => {
+  const body = JSON.stringify(rejection.body)
+  const headers = Object.entries(rejection.headers).map(([name, value]) => `${name}: ${value}\r\n`).join("")
+  socket.end(
+    `HTTP/1.1 ${rejection.status} ${STATUS_TEXT[rejection.status] ?? ""}\r\n` +
+      `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n` +
+      headers + "\r\n" + body
   )
+}
+
+const asResponse = (rejection: Rejection) =>
+  HttpServerResponse.unsafeJson(rejection.body, { status: rejection.status, headers: rejection.headers })
+
+/** Serves one upgraded connection; it owns the socket until the socket closes. */
+export type Serve = (ws: WebSocket, membership: Membership) => void
+
+interface Endpoint {
+  readonly transport: Transport
+  readonly serve: Serve
+}
 
 export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<WebSocketUpgrade, {
+  /** Serves upgrades to `path` with `serve`, for as long as the current scope lives. */
+  readonly endpoint: (path: string, transport: Transport, serve: Serve) => Effect.Effect<void, never, Scope.Scope>
   /**
-   * Upgrades a request (check `upgradeProblem` first). The socket lives as
-   * long as the current scope; closing the scope closes it.
+   * Takes an upgrade from the Node server's `upgrade` event when its path is
+   * an endpoint (and answers it: 101, or 401/426/503); false otherwise.
    */
-  readonly upgrade: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<Upgraded, never, Scope.Scope>
+  readonly handle: (request: IncomingMessage, socket: Duplex, head: Buffer) => boolean
   /**
-   * The HTTP handler of a WebSocket endpoint: checks that the request is an
-   * upgrade, admits it through the Hub (503 when refused), upgrades it and
-   * runs `serve` until the connection ends.
+   * The endpoint as an HTTP route, for servers whose upgrades reach the
+   * router (auth is then the router's middleware): upgrades it, and keeps
+   * the request open until the connection ends.
    */
-  readonly route: (
-    transport: Transport,
-    serve: (upgraded: Upgraded, membership: Membership) => Effect.Effect<void, never, Scope.Scope>
-  ) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>
+  readonly route: (path: string) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>
 }>() {
   static readonly make = Effect.gen(function*() {
     const config = yield* AppConfig
     const hub = yield* Hub
+    const authorized = Auth.makeChecker(config.authTokens)
+    const authRequired = config.authTokens.length > 0
+    const endpoints = new Map<string, Endpoint>()
     const server = yield* Effect.acquireRelease(
       Effect.sync(() =>
         new WebSocketServer({
@@ -81,70 +122,82 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
     // did not answer the previous ping is dropped.
     const heartbeat = new Map<WebSocket, { answered: boolean }>()
     const beat = Effect.sync(() => {
-      for (const [raw, state] of heartbeat) {
-        if (raw.readyState !== raw.OPEN) continue
+      for (const [ws, state] of heartbeat) {
+        if (ws.readyState !== ws.OPEN) continue
         if (!state.answered) {
-          raw.terminate()
+          ws.terminate()
           continue
         }
         state.answered = false
-        raw.ping()
+        ws.ping()
       }
     })
     yield* beat.pipe(Effect.delay(config.limits.pingInterval), Effect.forever, Effect.forkScoped)
 
-    const upgrade = (request: HttpServerRequest.HttpServerRequest) =>
+    /** Admits and upgrades; auth has been checked. Returns the rejection instead when there is one. */
+    const accept = (endpoint: Endpoint, request: IncomingMessage, socket: Duplex, head: Buffer): Rejection | undefined => {
+      const problem = upgradeProblem(request.method, request.headers)
+      if (problem !== undefined) return notUpgradable(problem)
+      const admitted = hub.unsafeConnect(endpoint.transport)
+      if (Either.isLeft(admitted)) return refused(admitted.left)
+      const membership = admitted.right
+      socket.once("close", membership.release)
+      server.handleUpgrade(request, socket, head, (ws) => {
+        // ws reports protocol errors (an oversized frame, say) as events;
+        // without a listener an 'error' event would crash the process.
+        ws.on("error", () => {})
+        const state = { answered: true }
+        ws.on("pong", () => {
+          state.answered = true
+        })
+        heartbeat.set(ws, state)
+        ws.once("close", () => heartbeat.delete(ws))
+        endpoint.serve(ws, membership)
+      })
+      return undefined
+    }
+
+    const pathOf = (url: string | undefined): string => {
+      if (url === undefined) return "/"
+      const query = url.indexOf("?")
+      return query === -1 ? url : url.slice(0, query)
+    }
+
+    const handle = (request: IncomingMessage, socket: Duplex, head: Buffer): boolean => {
+      const endpoint = endpoints.get(pathOf(request.url))
+      if (endpoint === undefined) return false
+      const rejection = authRequired && !authorized(Auth.tokenOf(request.headers["authorization"], request.url))
+        ? unauthorized
+        : accept(endpoint, request, socket, head)
+      if (rejection !== undefined) writeRejection(socket, rejection)
+      return true
+    }
+
+    const endpoint = (path: string, transport: Transport, serve: Serve) =>
+      Effect.acquireRelease(
+        Effect.sync(() => endpoints.set(path, { transport, serve })),
+        () => Effect.sync(() => endpoints.delete(path))
+      ).pipe(Effect.asVoid)
+
+    const route = (path: string) =>
       Effect.gen(function*() {
+        const endpoint = endpoints.get(path)
+        const request = yield* HttpServerRequest.HttpServerRequest
+        if (endpoint === undefined) return HttpServerResponse.empty({ status: 404 })
         const incoming = NodeHttpServerRequest.toIncomingMessage(request)
-        const raw = yield* Effect.acquireRelease(
-          Effect.async<WebSocket>((resume) => {
-            // Clients wait for the 101 before sending frames, so there is no head to pass on.
-            server.handleUpgrade(incoming, incoming.socket, EMPTY_HEAD, (ws) => resume(Effect.succeed(ws)))
-          }),
-          (ws) =>
-            Effect.sync(() => {
-              if (ws.readyState === ws.OPEN) ws.close(1001, "server shutting down")
-            })
-        )
-        // ws reports protocol errors (such as an oversized frame) as events; without
-        // a listener an 'error' event would crash the process.
-        raw.on("error", () => {})
-        yield* Effect.acquireRelease(
-          Effect.sync(() => {
-            const state = { answered: true }
-            raw.on("pong", () => {
-              state.answered = true
-            })
-            heartbeat.set(raw, state)
-          }),
-          () => Effect.sync(() => heartbeat.delete(raw))
-        )
-        const socket = yield* Socket.fromWebSocket(
-          // ws implements the WHATWG WebSocket interface the platform Socket expects.
-          Effect.succeed(raw as unknown as globalThis.WebSocket),
-          { closeCodeIsError: () => false }
-        )
-        return { socket, raw }
+        // Clients wait for the 101 before sending frames, so there is no head to pass on.
+        const rejection = accept(endpoint, incoming, incoming.socket, EMPTY_HEAD)
+        if (rejection !== undefined) return asResponse(rejection)
+        // The platform writes this handler's response when it returns; by then
+        // the socket belongs to ws, so return only once it has closed.
+        yield* Effect.async<void>((resume) => {
+          if (incoming.socket.destroyed) return resume(Effect.void)
+          incoming.socket.once("close", () => resume(Effect.void))
+        })
+        return HttpServerResponse.empty()
       })
 
-    const route: WebSocketUpgrade["Type"]["route"] = (transport, serve) =>
-      Effect.gen(function*() {
-        const request = yield* HttpServerRequest.HttpServerRequest
-        const problem = upgradeProblem(request)
-        if (problem !== undefined) return notUpgradable(problem)
-        const membership = yield* hub.connect(transport)
-        const upgraded = yield* upgrade(request)
-        yield* Effect.logDebug("Client connected")
-        yield* serve(upgraded, membership)
-        yield* Effect.logDebug("Client disconnected")
-        return HttpServerResponse.empty()
-      }).pipe(
-        Effect.scoped,
-        Effect.catchTag("ConnectionRefused", (error) => Effect.succeed(refused(error))),
-        Effect.annotateLogs({ transport })
-      )
-
-    return WebSocketUpgrade.of({ upgrade, route })
+    return WebSocketUpgrade.of({ endpoint, handle, route })
   })
 
   static readonly layer: Layer.Layer<WebSocketUpgrade, never, AppConfig | Hub> = Layer.scoped(

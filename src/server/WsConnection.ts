@@ -1,138 +1,176 @@
 /**
  * One /ws client connection, from upgrade to close.
  *
- * Frames are read synchronously (decode the envelope, find the route, check
- * limits) and every accepted request runs in its own fiber, keyed by its
- * request_id so that `cancel` can reach it. All frames out go through one
- * bounded queue and one writer fiber, which stops feeding a client that does
- * not read (ws buffers without limit otherwise) and drops it after
- * SERVER_WRITE_TIMEOUT. Closing the connection's scope interrupts every
- * request, and interrupting a request aborts its upstream call.
+ * A connection is plain state on its `ws` socket, not a fiber: an idle
+ * client costs little more than the socket. Frames are read synchronously
+ * (decode the envelope, find the route, check limits) and every accepted
+ * request runs in its own fiber, keyed by its request_id so that `cancel`
+ * can reach it. A request that completes synchronously (a ping) finishes
+ * inside its fork.
+ *
+ * Frames go straight to the socket, corked for the rest of the turn so that
+ * the frames of one turn leave in one write. Above WS_MAX_BUFFERED_BYTES the
+ * connection stops reading the client and its producers wait; a client that
+ * does not read for SERVER_WRITE_TIMEOUT is dropped. Closing the socket
+ * interrupts every request, and interrupting a request aborts its upstream
+ * call.
  */
-import { Socket } from "@effect/platform"
-import { Duration, Effect, Either, Fiber, FiberSet, Queue, Schema } from "effect"
-import type { AppConfigShape } from "../config/AppConfig.js"
+import { Cause, Duration, Effect, Either, type Fiber, FiberId, Schema } from "effect"
+import { Duplex } from "node:stream"
+import type { WebSocket } from "ws"
 import { type Hub, isShutdown, type Membership, stoppedAtShutdown } from "../hub/Hub.js"
 import { type AiBaseError, CancelledError, InternalError, OverloadedError, ValidationError } from "../protocol/Errors.js"
 import { CancelRequest } from "../protocol/Frames.js"
 import { validationError } from "../protocol/Validation.js"
-import type { Emit, Envelope, Incoming } from "./Envelope.js"
-import type { Upgraded } from "./WebSocketUpgrade.js"
+import type { Emit, Envelope, Incoming, Route } from "./Envelope.js"
 
-/** Frames waiting for the writer; beyond this a client is not reading its answers. */
-const OUTBOUND_CAPACITY = 1024
-/** Frames the writer takes per turn. */
-const WRITE_BATCH = 256
-
-interface InFlight {
-  fiber: Fiber.RuntimeFiber<void> | undefined
-  /** Set when the client cancels the request; it becomes the request's error frame. */
-  cancelled: boolean
-  /** Set once the request's final frame is queued: nothing may follow it. */
-  finished: boolean
+export interface Limits {
+  readonly maxInFlight: number
+  readonly maxBufferedBytes: number
+  readonly writeTimeout: Duration.Duration
 }
 
-export interface ConnectionOptions {
-  readonly upgraded: Upgraded
-  readonly membership: Membership
+export interface Options {
   readonly envelope: Envelope
   readonly hub: Hub["Type"]
-  readonly config: AppConfigShape
+  readonly limits: Limits
+  /** Starts a request's fiber (the server's runtime). */
+  readonly fork: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+  /** Reports a dropped client (logged once per client). */
+  readonly onDropped: (reason: string) => void
+}
+
+interface InFlight {
+  fiber: Fiber.RuntimeFiber<void, never> | undefined
+  /** Set when the client cancels the request; it becomes the request's error frame. */
+  cancelled: boolean
+  /** Set once the request's final frame is sent: nothing may follow it. */
+  finished: boolean
 }
 
 const decodeCancel = Schema.decodeUnknownEither(CancelRequest)
 
 const cancelled = new CancelledError({ code: "cancelled", message: "The request was cancelled by the client" })
 const internal = new InternalError({ code: "internal_error", message: "The request failed unexpectedly" })
+const binaryFrame = new ValidationError({ code: "binary_frame", message: "Send requests as JSON text frames" })
+/** Interrupts requests when their client has gone. */
+const disconnectId = FiberId.make(-1002, 0)
 
-export const run = (options: ConnectionOptions) => Effect.gen(function*() {
-  const { config, envelope, hub, membership } = options
-  const { raw, socket } = options.upgraded
-  const limits = config.limits
-  const outbound = yield* Queue.bounded<string | Socket.CloseEvent>(OUTBOUND_CAPACITY)
+/**
+ * The net socket under a ws socket. ws keeps it private (`_socket`); corking
+ * it is the only way to join several frames into one write. Undefined if ws
+ * ever stops exposing it, and writes then go one by one.
+ */
+export const underlyingSocket = (ws: WebSocket): Duplex | undefined => {
+  const socket: unknown = Reflect.get(ws, "_socket")
+  return socket instanceof Duplex ? socket : undefined
+}
+
+/** Serves the envelope protocol on an upgraded socket until it closes. */
+export const serve = (ws: WebSocket, membership: Membership, options: Options): void => {
+  const { envelope, fork, hub, limits } = options
   const requests = new Map<string, InFlight>()
-  const fibers = yield* FiberSet.make()
-  const fork = yield* FiberSet.runtime(fibers)<never>()
+  const socket = underlyingSocket(ws)
+  let corked = false
+  let closed = false
+  let dropped = false
+  /** Set while the client is over its buffer: producers wait for it. */
+  let drained: { readonly promise: Promise<void>; readonly resolve: () => void; readonly timer: NodeJS.Timeout } | undefined
 
-  /** Drops a client that will not read: closing politely would need it to read. */
-  const dropSlowClient = (why: string) =>
-    Effect.logWarning("Dropping a client that is not reading its responses").pipe(
-      Effect.annotateLogs({ reason: why }),
-      Effect.zipRight(Effect.sync(() => raw.terminate()))
-    )
-
-  /** Queues a frame from the synchronous read path. */
-  const send = (frame: string): void => {
-    if (!Queue.unsafeOffer(outbound, frame)) {
-      fork(dropSlowClient("outbound queue full"))
-    }
+  const uncork = () => {
+    corked = false
+    socket?.uncork()
   }
 
-  const sendError = (requestId: string | null, error: AiBaseError): void => send(envelope.encodeError(requestId, error))
+  const drop = (reason: string) => {
+    if (dropped) return
+    dropped = true
+    options.onDropped(reason)
+    ws.terminate()
+  }
 
-  // The writer: one fiber, so frames keep their order and ws never buffers
-  // more than WS_MAX_BUFFERED_BYTES for a client.
-  const waitUntilDrained = Effect.sleep(Duration.millis(10)).pipe(
-    Effect.repeat({ until: () => raw.bufferedAmount <= limits.maxBufferedBytes / 2 }),
-    Effect.timeoutFail({
-      duration: config.server.writeTimeout,
-      onTimeout: () => `nothing read for ${Duration.format(config.server.writeTimeout)}`
-    })
-  )
-  // Writes go straight to ws: the socket is open by the time anything is queued.
-  const writeAll = (frames: Iterable<string | Socket.CloseEvent>) =>
-    Effect.sync(() => {
-      for (const frame of frames) {
-        if (Socket.isCloseEvent(frame)) raw.close(frame.code, frame.reason)
-        else raw.send(frame)
-      }
-    })
-  yield* Queue.takeBetween(outbound, 1, WRITE_BATCH).pipe(
-    Effect.flatMap(writeAll),
-    Effect.zipRight(Effect.suspend(() => raw.bufferedAmount > limits.maxBufferedBytes ? waitUntilDrained : Effect.void)),
-    Effect.forever,
-    Effect.catchAll(dropSlowClient),
-    Effect.forkScoped
-  )
+  const onFlushed = () => {
+    if (drained === undefined) return
+    const { resolve, timer } = drained
+    drained = undefined
+    clearTimeout(timer)
+    if (!closed) ws.resume()
+    resolve()
+  }
 
-  const start = (incoming: Incoming, run: (emit: Emit) => Effect.Effect<void, AiBaseError>): void => {
+  /** Stops reading the client until what it has not read is flushed; drops it after SERVER_WRITE_TIMEOUT. */
+  const overLimit = (): Promise<void> => {
+    if (drained !== undefined) return drained.promise
+    let resolve!: () => void
+    const promise = new Promise<void>((done) => {
+      resolve = done
+    })
+    const timer = setTimeout(
+      () => drop(`nothing read for ${Duration.format(limits.writeTimeout)}`),
+      Duration.toMillis(limits.writeTimeout)
+    )
+    drained = { promise, resolve, timer }
+    ws.pause()
+    return promise
+  }
+
+  /** Sends a frame; a promise when the client is over its buffer. */
+  const send = (frame: string): Promise<void> | undefined => {
+    if (closed) return undefined
+    if (socket !== undefined && !corked) {
+      corked = true
+      socket.cork()
+      process.nextTick(uncork)
+    }
+    if (ws.bufferedAmount + frame.length <= limits.maxBufferedBytes) {
+      ws.send(frame)
+      return drained?.promise
+    }
+    // The callback runs once this frame (and all before it) reached the OS.
+    ws.send(frame, onFlushed)
+    return overLimit()
+  }
+
+  const sendError = (requestId: string | null, error: AiBaseError): void => {
+    send(envelope.encodeError(requestId, error))
+  }
+
+  const start = (incoming: Incoming, route: Route): void => {
     const { requestId } = incoming
     const entry: InFlight = { fiber: undefined, cancelled: false, finished: false }
-    const emit: Emit = (frame, final) =>
-      final
-        ? Effect.uninterruptibleMask((restore) =>
-          restore(Queue.offer(outbound, frame)).pipe(Effect.zipRight(Effect.sync(() => {
-            entry.finished = true
-          })))
-        )
-        : Queue.offer(outbound, frame)
-    const program = hub.track(run(emit)).pipe(
-      Effect.catchAll((error) => entry.finished ? Effect.void : emit(envelope.encodeError(requestId, error), true)),
+    const emit: Emit = (frame, final) => {
+      if (entry.finished) return undefined
+      if (final) entry.finished = true
+      return send(frame)
+    }
+    const program = hub.track(route.run(requestId, incoming.payload, emit)).pipe(
+      Effect.catchAll((error) => Effect.sync(() => emit(envelope.encodeError(requestId, error), true))),
       Effect.catchAllDefect((defect) =>
-        Effect.logError("Request failed unexpectedly", defect).pipe(
-          Effect.zipRight(entry.finished ? Effect.void : emit(envelope.encodeError(requestId, internal), true))
+        Effect.logError("Request failed unexpectedly", Cause.die(defect)).pipe(
+          Effect.zipRight(Effect.sync(() => emit(envelope.encodeError(requestId, internal), true))),
+          Effect.annotateLogs({ request_id: requestId, request_type: incoming.type })
         )
       ),
       Effect.onInterrupt((interruptors) =>
         Effect.sync(() => {
-          if (entry.finished) return
           // A disconnect needs no frame; a cancel or a shutdown gets its error.
-          // Finalizers cannot wait for queue space, so this takes the non-blocking path.
           const reason = entry.cancelled ? cancelled : isShutdown(interruptors) ? stoppedAtShutdown : undefined
-          if (reason !== undefined) {
-            entry.finished = true
-            sendError(requestId, reason)
-          }
+          if (reason !== undefined) emit(envelope.encodeError(requestId, reason), true)
         })
       ),
-      Effect.ensuring(Effect.sync(() => {
-        if (requests.get(requestId) === entry) requests.delete(requestId)
-      })),
-      Effect.annotateLogs({ request_id: requestId, request_type: incoming.type })
+      Effect.asVoid
     )
     // The entry goes in first: a request can finish synchronously inside fork.
     requests.set(requestId, entry)
-    entry.fiber = fork(program)
+    const fiber = fork(program)
+    if (fiber.unsafePoll() !== null) {
+      requests.delete(requestId)
+      return
+    }
+    entry.fiber = fiber
+    fiber.addObserver(() => {
+      if (requests.get(requestId) === entry) requests.delete(requestId)
+    })
   }
 
   const cancel = (incoming: Incoming): void => {
@@ -142,20 +180,20 @@ export const run = (options: ConnectionOptions) => Effect.gen(function*() {
     }
     const targetId = target.right.request_id
     const entry = requests.get(targetId)
-    const respond = (wasCancelled: boolean) =>
+    const respond = (wasCancelled: boolean) => {
       send(envelope.encodeCancelResponse(incoming.requestId, { request_id: targetId, cancelled: wasCancelled }))
+    }
     if (entry === undefined || entry.fiber === undefined || entry.finished || entry.cancelled) {
       return respond(false)
     }
     entry.cancelled = true
-    fork(Fiber.interrupt(entry.fiber).pipe(Effect.zipRight(Effect.sync(() => respond(true)))))
+    // Answer once the request has stopped (its error frame comes first).
+    entry.fiber.addObserver(() => respond(true))
+    entry.fiber.unsafeInterruptAsFork(FiberId.none)
   }
 
-  const onFrame = (data: string | Uint8Array): void => {
-    if (typeof data !== "string") {
-      return sendError(null, new ValidationError({ code: "binary_frame", message: "Send requests as JSON text frames" }))
-    }
-    const read = envelope.read(data)
+  const onFrame = (text: string): void => {
+    const read = envelope.read(text)
     if (Either.isLeft(read)) return sendError(read.left.requestId, read.left.error)
     const incoming = read.right
     if (incoming.type === "cancel") return cancel(incoming)
@@ -178,14 +216,23 @@ export const run = (options: ConnectionOptions) => Effect.gen(function*() {
       )
     }
     const route = envelope.routes.get(incoming.type)
-    if (route !== undefined) start(incoming, (emit) => route.run(incoming.requestId, incoming.payload, emit))
+    if (route !== undefined) start(incoming, route)
   }
 
-  // Server shutdown: the Hub has already stopped what still ran (its error
-  // frames are queued), so close after them with 1001.
-  membership.onShutdown(Effect.sync(() => {
-    if (!Queue.unsafeOffer(outbound, new Socket.CloseEvent(1001, "server shutting down"))) raw.terminate()
-  }))
+  ws.on("message", (data, isBinary) => {
+    if (isBinary) return sendError(null, binaryFrame)
+    onFrame(Array.isArray(data) ? Buffer.concat(data).toString() : data.toString())
+  })
 
-  yield* socket.runRaw(onFrame).pipe(Effect.ignore)
-})
+  ws.once("close", () => {
+    closed = true
+    if (drained !== undefined) onFlushed()
+    for (const entry of requests.values()) entry.fiber?.unsafeInterruptAsFork(disconnectId)
+  })
+
+  // Server shutdown: the Hub has already stopped what still ran (their error
+  // frames are sent), so close after them with 1001.
+  membership.onShutdown(Effect.sync(() => {
+    if (ws.readyState === ws.OPEN) ws.close(1001, "server shutting down")
+  }))
+}

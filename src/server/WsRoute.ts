@@ -2,7 +2,7 @@
  * GET /ws: the JSON envelope protocol, one `WsConnection` per client.
  */
 import { HttpLayerRouter } from "@effect/platform"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Runtime } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { Hub } from "../hub/Hub.js"
 import * as Envelope from "./Envelope.js"
@@ -11,16 +11,29 @@ import * as WsConnection from "./WsConnection.js"
 
 export const PATH = "/ws"
 
-export const layer = Layer.effectDiscard(Effect.gen(function*() {
+export const layer = Layer.scopedDiscard(Effect.gen(function*() {
   const router = yield* HttpLayerRouter.HttpRouter
   const config = yield* AppConfig
   const hub = yield* Hub
   const upgrader = yield* WebSocketUpgrade
   const envelope = yield* Envelope.make
+  const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+  const options: WsConnection.Options = {
+    envelope,
+    hub,
+    limits: {
+      maxInFlight: config.limits.maxInFlight,
+      maxBufferedBytes: config.limits.maxBufferedBytes,
+      writeTimeout: config.server.writeTimeout
+    },
+    fork: (effect) => runFork(effect),
+    onDropped: (reason) => {
+      runFork(Effect.logWarning("Dropping a client that is not reading its responses").pipe(
+        Effect.annotateLogs({ reason, transport: "ws" })
+      ))
+    }
+  }
 
-  yield* router.add(
-    "GET",
-    PATH,
-    upgrader.route("ws", (upgraded, membership) => WsConnection.run({ upgraded, membership, envelope, hub, config }))
-  )
+  yield* upgrader.endpoint(PATH, "ws", (ws, membership) => WsConnection.serve(ws, membership, options))
+  yield* router.add("GET", PATH, upgrader.route(PATH))
 }))

@@ -1,0 +1,127 @@
+/**
+ * A `fetch` on node:http for the openai SDK, with a keep-alive connection
+ * pool. Node's own fetch (undici) measured about 30% more CPU per streamed
+ * completion and twice as much per embedding; the SDK accepts any `fetch`.
+ *
+ * It implements what the SDK uses: method, headers, a string or byte body,
+ * abort through the signal; the response's status, headers, `json()`,
+ * `text()`, and a body the SDK iterates for server-sent events. That body is
+ * the IncomingMessage itself (an async iterable of bytes, which the SDK
+ * reads directly), so no web-stream wrapper sits on the streaming path.
+ */
+import * as Http from "node:http"
+import * as Https from "node:https"
+
+export interface NodeFetch {
+  readonly fetch: typeof globalThis.fetch
+  /** Closes the pooled connections. */
+  readonly close: () => void
+}
+
+/** The response headers as web Headers (repeated headers appended). */
+const toHeaders = (raw: ReadonlyArray<string>): Headers => {
+  const headers = new Headers()
+  for (let i = 0; i + 1 < raw.length; i += 2) headers.append(raw[i]!, raw[i + 1]!)
+  return headers
+}
+
+const readAll = async (incoming: Http.IncomingMessage): Promise<string> => {
+  const parts: Array<Buffer> = []
+  for await (const part of incoming) parts.push(Buffer.isBuffer(part) ? part : Buffer.from(String(part)))
+  return Buffer.concat(parts).toString("utf8")
+}
+
+/**
+ * A Response over an IncomingMessage. `body` is the message itself: the SDK
+ * only iterates it, and Node's message is an async iterable of bytes.
+ */
+class IncomingResponse extends Response {
+  readonly #incoming: Http.IncomingMessage
+  readonly #url: string
+
+  constructor(incoming: Http.IncomingMessage, url: string) {
+    super(null, {
+      status: incoming.statusCode ?? 502,
+      statusText: incoming.statusMessage ?? "",
+      headers: toHeaders(incoming.rawHeaders)
+    })
+    this.#incoming = incoming
+    this.#url = url
+    Object.defineProperty(this, "body", { value: incoming, enumerable: true })
+  }
+
+  override get url(): string {
+    return this.#url
+  }
+
+  override text(): Promise<string> {
+    return readAll(this.#incoming)
+  }
+
+  override async json(): Promise<unknown> {
+    return JSON.parse(await readAll(this.#incoming))
+  }
+}
+
+const requestHeaders = (headers: HeadersInit | undefined): Http.OutgoingHttpHeaders => {
+  const out: Http.OutgoingHttpHeaders = {}
+  if (headers === undefined) return out
+  new Headers(headers).forEach((value, name) => {
+    out[name] = value
+  })
+  return out
+}
+
+const requestBody = (body: BodyInit | null | undefined): string | Uint8Array | undefined => {
+  if (body === null || body === undefined) return undefined
+  if (typeof body === "string" || body instanceof Uint8Array) return body
+  throw new TypeError("NodeFetch sends string or byte bodies only")
+}
+
+const abortError = (signal: AbortSignal): unknown =>
+  signal.reason ?? new DOMException("This operation was aborted", "AbortError")
+
+export const make = (): NodeFetch => {
+  const agents = {
+    http: new Http.Agent({ keepAlive: true, scheduling: "lifo" }),
+    https: new Https.Agent({ keepAlive: true, scheduling: "lifo" })
+  }
+
+  const fetch = (input: string | URL | Request, init: RequestInit = {}): Promise<Response> =>
+    new Promise((resolve, reject) => {
+      const url = new URL(typeof input === "string" || input instanceof URL ? input : input.url)
+      const signal = init.signal ?? undefined
+      if (signal?.aborted) return reject(abortError(signal))
+      const secure = url.protocol === "https:"
+      const body = requestBody(init.body)
+      const request = (secure ? Https : Http).request(url, {
+        method: init.method ?? "GET",
+        headers: requestHeaders(init.headers),
+        agent: secure ? agents.https : agents.http
+      })
+      // Aborting destroys the request, before or during the response: the
+      // response body then fails with the AbortError, which the SDK expects.
+      const onAbort = () => request.destroy(signal === undefined ? undefined : toError(abortError(signal)))
+      const done = () => signal?.removeEventListener("abort", onAbort)
+      signal?.addEventListener("abort", onAbort, { once: true })
+      request.once("error", (error) => {
+        done()
+        reject(error)
+      })
+      request.once("response", (incoming) => {
+        incoming.once("close", done)
+        resolve(new IncomingResponse(incoming, url.href))
+      })
+      request.end(body)
+    })
+
+  return {
+    fetch,
+    close: () => {
+      agents.http.destroy()
+      agents.https.destroy()
+    }
+  }
+}
+
+const toError = (cause: unknown): Error => cause instanceof Error ? cause : new Error(String(cause))

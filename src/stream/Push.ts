@@ -1,0 +1,44 @@
+/**
+ * Push streams: the hot path's form of a stream. A producer runs to completion
+ * as one Effect and hands each element to a synchronous `Sink`, so an element
+ * costs a function call rather than a trip through the fiber runtime per
+ * stage. The sink applies backpressure by returning a promise, which the
+ * producer awaits before it produces more.
+ *
+ * Streamed completions travel this way from the upstream to the socket;
+ * `toStream` and `fromStream` convert at the edges where an Effect `Stream`
+ * is wanted (/rpc, the public API, test doubles).
+ */
+import { Effect, Exit, Mailbox, Stream } from "effect"
+
+/**
+ * Takes one element. `undefined` means "go on"; a promise means "wait for it
+ * before the next element" (the consumer is full).
+ */
+export type Sink<A> = (element: A) => Promise<void> | undefined
+
+/** A producer that pushes every element into the sink, then succeeds (or fails). */
+export type PushStream<A, E = never, R = never> = (sink: Sink<A>) => Effect.Effect<void, E, R>
+
+/** Elements buffered between a push stream and a pulling consumer. */
+const BUFFER = 64
+
+/** A push stream as an Effect Stream (one Mailbox between them, bounded). */
+export const toStream = <A, E, R>(push: PushStream<A, E, R>): Stream.Stream<A, E, R> =>
+  Stream.unwrapScoped(Effect.gen(function*() {
+    const mailbox = yield* Mailbox.make<A, E>(BUFFER)
+    const sink: Sink<A> = (element) =>
+      mailbox.unsafeOffer(element) ? undefined : Effect.runPromise(Effect.asVoid(mailbox.offer(element)))
+    yield* push(sink).pipe(
+      Effect.onExit((exit) => mailbox.done(Exit.asVoid(exit))),
+      Effect.forkScoped
+    )
+    return Mailbox.toStream(mailbox)
+  }))
+
+/** An Effect Stream as a push stream: each element is pushed as it is pulled. */
+export const fromStream = <A, E, R>(stream: Stream.Stream<A, E, R>): PushStream<A, E, R> => (sink) =>
+  Stream.runForEach(stream, (element) => {
+    const wait = sink(element)
+    return wait === undefined ? Effect.void : Effect.promise(() => wait)
+  })
