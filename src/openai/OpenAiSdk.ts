@@ -103,8 +103,12 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
               // A slow client is not a silent model: the idle clock waits too.
               clearTimeout(idle)
               await wait
+              idle.refresh()
+            } else {
+              idle.refresh()
+              const busy = Push.yieldIfBusy()
+              if (busy !== undefined) await busy
             }
-            idle.refresh()
           }
         } catch (cause) {
           throw isAiBaseError(cause) ? cause : errors.fromStream(cause)

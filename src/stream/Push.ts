@@ -20,6 +20,37 @@ export type Sink<A> = (element: A) => Promise<void> | undefined
 /** A producer that pushes every element into the sink, then succeeds (or fails). */
 export type PushStream<A, E = never, R = never> = (sink: Sink<A>) => Effect.Effect<void, E, R>
 
+/**
+ * How long a producer may keep the event loop before it lets other work
+ * run. Data that arrives in a burst (a whole TCP read of server-sent events)
+ * is otherwise processed in one chain of microtasks, and every other client,
+ * /health and signal handling wait for it.
+ */
+const TURN_BUDGET_MS = 5
+
+let turnStartedAt = 0
+let turnMarked = false
+const endTurn = () => {
+  turnMarked = false
+}
+
+/**
+ * A promise to await when the current turn of the event loop has run past
+ * its budget (it resolves on the next turn); undefined otherwise. Cheap
+ * enough to call per element: one clock read.
+ */
+export const yieldIfBusy = (): Promise<void> | undefined => {
+  const now = performance.now()
+  if (!turnMarked) {
+    // The first call of a turn marks its start; the check phase ends it.
+    turnMarked = true
+    turnStartedAt = now
+    setImmediate(endTurn)
+    return undefined
+  }
+  return now - turnStartedAt < TURN_BUDGET_MS ? undefined : new Promise((resolve) => setImmediate(resolve))
+}
+
 /** Elements buffered between a push stream and a pulling consumer. */
 const BUFFER = 64
 

@@ -3,10 +3,11 @@
  * upstream HTTP request at once, and many clients stream side by side.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect, Schedule } from "effect"
+import { Effect } from "effect"
 import type { ClientFrame, ServerFrame } from "../../src/protocol/Frames.js"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
 import * as TestServer from "../support/TestServer.js"
+import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
 
 const connect = Effect.flatMap(TestServer.urls, ({ ws }) => WsClient.connect(ws))
@@ -42,14 +43,9 @@ const healthClients = Effect.gen(function*() {
     : -1
 })
 
-/** Polls /health until it reports `n` clients (or 5 s pass); returns the last count seen. */
+/** Polls /health until it reports `n` clients (fails after 10 s with the last count seen). */
 const awaitHealthClients = (n: number) =>
-  healthClients.pipe(
-    Effect.filterOrFail((clients) => clients === n),
-    Effect.retry(Schedule.spaced("20 millis")),
-    Effect.timeout("5 seconds"),
-    Effect.catchTag("TimeoutException", () => healthClients)
-  )
+  Wait.poll(healthClients, (clients) => clients === n, { message: `/health to report ${n} clients` })
 
 describe("cancellation and load (fake OpenAI through the openai SDK)", () => {
   layer(TestServer.layerWithFakeUpstream(), { excludeTestServices: true })("aborting the upstream", (it) => {
@@ -65,7 +61,7 @@ describe("cancellation and load (fake OpenAI through the openai SDK)", () => {
         const [response] = yield* client.request({ type: "cancel", request_id: "k1", payload: { request_id: "s1" } })
         if (response?.type !== "cancel_response") return expect.fail(JSON.stringify(response))
         expect(response.data).toEqual({ request_id: "s1", cancelled: true })
-        const frames = yield* client.collect("s1", "2 seconds")
+        const frames = yield* client.collect("s1")
         const last = frames.at(-1)
         if (last?.type !== "error") return expect.fail(JSON.stringify(frames))
         expect(last.data).toEqual({ category: "cancelled", code: "cancelled", retryable: false })
@@ -83,12 +79,12 @@ describe("cancellation and load (fake OpenAI through the openai SDK)", () => {
         const client = yield* connect
         fake.enqueue(Behaviour.hang)
         client.send({ type: "chat_completion", request_id: "h1", payload: { messages: [{ role: "user", content: "x" }] } })
-        yield* fake.awaitRequests(1, "2 seconds")
+        yield* fake.awaitRequests(1)
 
         const [response] = yield* client.request({ type: "cancel", request_id: "k1", payload: { request_id: "h1" } })
         if (response?.type !== "cancel_response") return expect.fail(JSON.stringify(response))
         expect(response.data).toEqual({ request_id: "h1", cancelled: true })
-        const [error] = yield* client.collect("h1", "2 seconds")
+        const [error] = yield* client.collect("h1")
         if (error?.type !== "error") return expect.fail(JSON.stringify(error))
         expect(error.data.category).toBe("cancelled")
 
@@ -138,7 +134,7 @@ describe("cancellation and load (fake OpenAI through the openai SDK)", () => {
         const client = yield* connect
         fake.enqueue(Behaviour.hang)
         client.send({ type: "chat_completion", request_id: "d2", payload: { messages: [{ role: "user", content: "x" }] } })
-        yield* fake.awaitRequests(1, "2 seconds")
+        yield* fake.awaitRequests(1)
         client.raw.terminate()
         const { elapsed } = yield* abortedWithinASecond()
         expect(elapsed).toBeLessThan(1000)

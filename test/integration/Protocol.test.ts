@@ -4,8 +4,10 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { OfflineModel, OpenAi } from "aibase"
+import type { ServerFrame } from "aibase/protocol"
 import { Effect, Layer } from "effect"
 import * as TestServer from "../support/TestServer.js"
+import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
 
 const connect = Effect.flatMap(TestServer.urls, ({ ws }) => WsClient.connect(ws))
@@ -103,10 +105,11 @@ describe("/ws protocol", () => {
           client.send(JSON.stringify({ type: "ping", request_id: "x".repeat(129) }))
           client.send(JSON.stringify([1, 2]))
           client.raw.send(Buffer.from([1, 2, 3]))
-          yield* Effect.gen(function*() {
-            const errors = client.frames.filter((frame) => frame.type === "error" && frame.request_id === null)
-            if (errors.length < 6) return yield* Effect.fail("waiting")
-          }).pipe(Effect.retry({ times: 100 }), Effect.delay("10 millis"), Effect.orDie)
+          // invalid_json, then one error without a request id for each of the five frames above.
+          yield* client.waitForFrames(
+            (frames) => frames.filter((frame) => frame.type === "error" && frame.request_id === null).length >= 6,
+            { message: "six error frames without a request_id" }
+          )
           const codes = client.frames.filter(WsClient.frameOf("error")).map((frame) => frame.data.code)
           expect(codes).toEqual(expect.arrayContaining(["invalid_frame", "binary_frame"]))
 
@@ -183,7 +186,11 @@ describe("/ws protocol", () => {
           expect(frames.at(-1)?.type).toBe("error")
           const last = frames.at(-1)
           if (last?.type === "error") expect(last.data.category).toBe("cancelled")
-          yield* Effect.sleep("200 millis")
+          yield* Wait.expectNothingWithin(
+            "200 millis",
+            client.waitFor((frame): frame is ServerFrame => frame.request_id === "long" && !frames.includes(frame)),
+            { message: "frame for \"long\" after its final frame" }
+          )
           const after = client.frames.filter((frame) => frame.request_id === "long")
           expect(after.length).toBe(frames.length)
           expect(after.filter((frame) => frame.type === "chat_completion_stream_end")).toHaveLength(0)

@@ -95,7 +95,8 @@ describe("the public API", () => {
         const started = Date.now()
         yield* Effect.promise(() => runtime.dispose())
         expect(Date.now() - started).toBeLessThan(4000)
-        const last = client.frames.filter((frame) => frame.request_id === "running").at(-1)
+        // Its final frame was sent before the server stopped; wait for it to arrive rather than assume it has.
+        const last = (yield* client.collect("running")).at(-1)
         expect(last?.type === "error" && last.data.category).toBe("unavailable")
         return yield* client.closed
       }))

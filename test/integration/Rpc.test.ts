@@ -6,9 +6,10 @@ import { NodeSocket } from "@effect/platform-node"
 import { RpcClient, RpcSerialization } from "@effect/rpc"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { AiBaseRpcs } from "aibase"
-import { Effect, Fiber, Layer, ManagedRuntime, Schedule, Stream } from "effect"
+import { Deferred, Effect, Fiber, Layer, ManagedRuntime, Stream } from "effect"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
 import * as TestServer from "../support/TestServer.js"
+import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
 
 /** A typed client for /rpc at `url`, living as long as the current scope. */
@@ -88,9 +89,11 @@ describe("/rpc", () => {
           expect(yield* clients(http)).toBeGreaterThanOrEqual(1)
           // Offline streams take ~1 s at 30 ms a word, so two stay in flight.
           const long = { messages: [{ role: "user" as const, content: "please write a long answer" }] }
-          const stream = client.ChatCompletionStream(long).pipe(Stream.runCollect)
-          const running = yield* Effect.forkScoped(Effect.all([stream, stream], { concurrency: "unbounded" }))
-          yield* Effect.sleep("150 millis")
+          const started = yield* Effect.all([Deferred.make<void>(), Deferred.make<void>()])
+          const stream = (first: Deferred.Deferred<void>) =>
+            client.ChatCompletionStream(long).pipe(Stream.tap(() => Deferred.succeed(first, undefined)), Stream.runCollect)
+          const running = yield* Effect.forkScoped(Effect.all(started.map(stream), { concurrency: "unbounded" }))
+          yield* Wait.awaitEvent(Effect.all(started.map(Deferred.await)), { message: "both streams to send their first event" })
           const third = yield* client.ChatCompletion(long).pipe(Effect.flip)
           expect(third._tag).toBe("OverloadedError")
           const finished = yield* Fiber.join(running)
@@ -134,12 +137,9 @@ describe("/rpc", () => {
           Stream.runCollect
         )
         expect(first.length).toBe(1)
-        const aborted = yield* fake.awaitAborted(1, "2 seconds")
+        const aborted = yield* fake.awaitAborted(1)
         expect(aborted).toHaveLength(1)
-        yield* Effect.retry(
-          Effect.filterOrFail(Effect.sync(() => fake.inFlightCount), (n) => n === 0, () => "busy"),
-          Schedule.spaced("20 millis").pipe(Schedule.upTo("2 seconds"))
-        )
+        yield* Wait.waitFor(() => fake.inFlightCount === 0, { message: "no upstream request in flight" })
       }))
   })
 })
@@ -154,12 +154,14 @@ describe("/rpc at shutdown", () => {
       const { port } = yield* Effect.promise(() => server.runPromise(TestServer.urls))
       const outcome = yield* Effect.scoped(Effect.gen(function*() {
         const client = yield* rpcClient(`ws://127.0.0.1:${port}/rpc`)
+        const started = yield* Deferred.make<void>()
         const stream = yield* client.ChatCompletionStream({ messages: [{ role: "user", content: "a slow story" }] }).pipe(
+          Stream.tap(() => Deferred.succeed(started, undefined)),
           Stream.runCollect,
           Effect.either,
           Effect.fork
         )
-        yield* Effect.sleep("300 millis")
+        yield* Wait.awaitEvent(Deferred.await(started), { message: "the stream's first event" })
         yield* Effect.promise(() => server.dispose())
         return yield* Fiber.join(stream)
       }))

@@ -3,9 +3,10 @@
  * process, against a fake upstream in this one, then SIGTERM.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Schedule } from "effect"
+import { Duration, Effect } from "effect"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
 import * as ServerProcess from "../support/ServerProcess.js"
+import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
 
 const API_KEY = "sk-shutdown-test-SECRET-1234567890"
@@ -48,10 +49,10 @@ describe("graceful shutdown", () => {
       const signalledAt = Date.now()
       server.child.kill("SIGTERM")
 
-      const health = yield* Effect.promise(() => fetch(`${http}/health`).then(async (r) => ({ status: r.status, body: await r.json() }))).pipe(
-        Effect.filterOrFail((h) => h.status === 503, () => "still ok"),
-        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("1 second"))),
-        Effect.orDie
+      const health = yield* Wait.poll(
+        Effect.promise(() => fetch(`${http}/health`).then(async (r) => ({ status: r.status, body: await r.json() }))),
+        (h) => h.status === 503,
+        { message: "/health to answer 503 after SIGTERM" }
       )
       expect(health.body).toEqual({ status: "shutting_down" })
       const refused = yield* Effect.flip(WsClient.connect(ws))
@@ -63,11 +64,11 @@ describe("graceful shutdown", () => {
       const last = long.at(-1)
       expect(last?.type).toBe("error")
       if (last?.type === "error") expect(last.data).toEqual({ category: "unavailable", code: "shutting_down", retryable: true })
-      yield* fake.awaitAborted(1, "2 seconds")
+      yield* fake.awaitAborted(1)
 
       const closed = yield* client.closed
       expect(closed.code).toBe(1001)
-      const code = yield* server.exitCode.pipe(Effect.timeout("5 seconds"))
+      const code = yield* Wait.awaitEvent(server.exitCode, { message: "the server process to exit", timeout: "5 seconds" })
       expect(code).toBe(0)
       expect(Date.now() - signalledAt).toBeLessThan(Duration.toMillis("1.5 seconds") + 2500)
 

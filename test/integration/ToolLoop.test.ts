@@ -5,7 +5,7 @@
  * without the loop.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Layer, Schema } from "effect"
+import { Context, Deferred, Effect, Layer, Schema } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
 import type { ChatCompletionRequest } from "../../src/protocol/Chat.js"
 import type { ServerFrame } from "../../src/protocol/Frames.js"
@@ -16,6 +16,7 @@ import type { ToolRegistry } from "../../src/tools/ToolRegistry.js"
 import {
   Behaviour,
   completion,
+  type FakeOpenAI,
   FakeOpenAIService,
   type RecordedRequest,
   type ToolCallSpec,
@@ -24,6 +25,7 @@ import {
   usageOf
 } from "../support/FakeOpenAI.js"
 import * as TestServer from "../support/TestServer.js"
+import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
 
 const connect = Effect.flatMap(TestServer.urls, ({ ws }) => WsClient.connect(ws))
@@ -581,14 +583,16 @@ describe("server-side tool loop", () => {
           request_id: requestId,
           payload: { messages: [user("block")], tools: "registry", auto_execute_tools: true }
         })
-        yield* Deferred.await(probe.started).pipe(Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => "the tool never started" }))
+        yield* Wait.awaitEvent(Deferred.await(probe.started), { message: "the blocking tool to start" })
         expect(fake.requestCount).toBe(1)
         return { fake, probe }
       })
 
-    /** The fake gets no further request (a short settle, then the count). */
-    const noFurtherUpstreamCall = (fake: { readonly requestCount: number }) =>
-      Effect.sleep(Duration.millis(100)).pipe(Effect.map(() => expect(fake.requestCount).toBe(1)))
+    /** The fake gets no further request within a short window. */
+    const noFurtherUpstreamCall = (fake: FakeOpenAI) =>
+      Wait.expectNothingWithin("100 millis", fake.awaitRequests(2), { message: "second upstream request" }).pipe(
+        Effect.map(() => expect(fake.requestCount).toBe(1))
+      )
 
     it.scoped("cancel while a tool runs: a cancelled error frame, the tool interrupted, no further upstream call", () =>
       Effect.gen(function*() {

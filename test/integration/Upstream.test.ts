@@ -449,7 +449,7 @@ describe("upstream (fake OpenAI through the openai SDK)", () => {
             expect(lastError(frames).data).toEqual({ category: "timeout", code: "upstream_timeout", retryable: true })
             expect(elapsed).toBeGreaterThanOrEqual(400)
             expect(elapsed).toBeLessThan(3000)
-            yield* fake.awaitAborted(1, "1 second")
+            yield* fake.awaitAborted(1)
             expectNoSecret(client.frames)
           }))
       }
@@ -464,7 +464,7 @@ describe("upstream (fake OpenAI through the openai SDK)", () => {
           expect(lastError(frames).data).toEqual({ category: "timeout", code: "upstream_timeout", retryable: true })
           expect(frames.filter(WsClient.frameOf("chat_completion_stream_end"))).toHaveLength(0)
           // The idle timeout also lets go of the upstream request.
-          yield* fake.awaitAborted(1, "1 second")
+          yield* fake.awaitAborted(1)
         }))
 
       it.scoped("a slow but steady stream (gaps under the timeout) is not cut off", () =>

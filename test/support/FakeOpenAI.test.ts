@@ -180,7 +180,7 @@ describe("FakeOpenAI", () => {
       expect(received.got).toHaveLength(2)
       // The SDK's Stream ends quietly (no throw) when its signal aborts.
       expect(received.error).toBeUndefined()
-      const aborted = yield* fake.awaitAborted(1, "2 seconds")
+      const aborted = yield* fake.awaitAborted(1)
       expect(aborted[0]?.aborted).toBe(true)
       expect(aborted[0]?.finished).toBe(false)
       expect(fake.abortedCount).toBe(1)
@@ -195,7 +195,7 @@ describe("FakeOpenAI", () => {
         clientFor(fake, { timeout: 100 }).chat.completions.create({ model: "m", messages: [user("x")] })
       )
       expect(err).toBeInstanceOf(OpenAI.APIConnectionTimeoutError)
-      const [req] = yield* fake.awaitAborted(1, "2 seconds")
+      const [req] = yield* fake.awaitAborted(1)
       expect(req?.status).toBeUndefined()
     }))
 
@@ -215,7 +215,7 @@ describe("FakeOpenAI", () => {
       })
       expect(result.threw).toBe(true)
       expect(result.got).toHaveLength(3)
-      const req = yield* fake.awaitRequest((r) => r.endedAt !== undefined, "1 second")
+      const req = yield* fake.awaitRequest((r) => r.endedAt !== undefined)
       expect(req.cut).toBe(true)
       expect(req.aborted).toBe(false)
       expect(req.finished).toBe(false)

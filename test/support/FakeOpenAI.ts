@@ -539,7 +539,7 @@ export interface FakeOpenAI {
   /** Clear the queue and the recorded requests; default back to `Echo`. */
   readonly reset: () => void
 
-  /** Effect: until at least `n` requests were recorded; returns the snapshot. Default timeout 5 s. */
+  /** Effect: until at least `n` requests were recorded; returns the snapshot. Default timeout 10 s. */
   readonly awaitRequests: (n: number, timeout?: Duration.DurationInput) => Effect.Effect<ReadonlyArray<RecordedRequest>, Cause.TimeoutException>
   /** Effect: until at least `n` (default 1) requests were aborted by the client; returns the aborted ones. */
   readonly awaitAborted: (n?: number, timeout?: Duration.DurationInput) => Effect.Effect<ReadonlyArray<RecordedRequest>, Cause.TimeoutException>
@@ -555,7 +555,7 @@ export interface FakeOpenAI {
   readonly close: () => Promise<void>
 }
 
-const DEFAULT_WAIT: Duration.DurationInput = Duration.seconds(5)
+const DEFAULT_WAIT: Duration.DurationInput = Duration.seconds(10)
 const DEFAULT_ERROR_HEADERS: Headers = { "retry-after-ms": "10" }
 
 interface Exchange {

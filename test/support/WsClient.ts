@@ -5,6 +5,7 @@
 import { Data, Deferred, Duration, Effect, FiberId, type Scope } from "effect"
 import WebSocket from "ws"
 import { type ClientFrame, isFinalFrame, type ServerFrame } from "aibase/protocol"
+import * as Wait from "./Wait.js"
 
 export class WsClientError extends Data.TaggedError("WsClientError")<{ readonly message: string }> {}
 
@@ -23,12 +24,22 @@ export interface WsClient {
     predicate: (frame: ServerFrame) => frame is F,
     timeout?: Duration.DurationInput
   ) => Effect.Effect<F, WsClientError>
+  /**
+   * Waits until `condition` holds for all frames received so far (re-checked
+   * on every frame and on close), e.g. "six error frames arrived".
+   */
+  readonly waitForFrames: (
+    condition: (frames: ReadonlyArray<ServerFrame>) => boolean,
+    options: { readonly message: string; readonly timeout?: Duration.DurationInput }
+  ) => Effect.Effect<ReadonlyArray<ServerFrame>, Wait.WaitTimeout>
   /** Waits for the final frame of `requestId` and returns all its frames. */
   readonly collect: (requestId: string, timeout?: Duration.DurationInput) => Effect.Effect<ReadonlyArray<ServerFrame>, WsClientError>
   /** Sends a request and returns its frames, up to its final one. */
   readonly request: (frame: ClientFrame, timeout?: Duration.DurationInput) => Effect.Effect<ReadonlyArray<ServerFrame>, WsClientError>
-  readonly closed: Effect.Effect<Closed>
-  readonly close: (code?: number) => Effect.Effect<Closed>
+  /** Waits for the connection to close (fails after 10 s). */
+  readonly closed: Effect.Effect<Closed, Wait.WaitTimeout>
+  /** Closes the connection and waits for the close to complete (fails after 10 s). */
+  readonly close: (code?: number) => Effect.Effect<Closed, Wait.WaitTimeout>
 }
 
 /** The one frame of `type` among a request's frames (fails the test otherwise). */
@@ -91,11 +102,35 @@ export const connect = (
           check()
           return Effect.sync(() => listeners.delete(check))
         }).pipe(
-          Effect.timeoutFail({
-            duration: timeout,
-            onTimeout: () => new WsClientError({ message: `no matching frame within ${Duration.format(timeout)}` })
-          })
+          (event) => Wait.awaitEvent(event, { timeout, message: "a matching frame" }),
+          Effect.catchTag("WaitTimeout", (timedOut) =>
+            Effect.fail(new WsClientError({ message: `${timedOut.message}; got ${frames.length} frames: ${JSON.stringify(frames).slice(0, 1000)}` })))
         )
+
+      const waitForFrames = (
+        condition: (frames: ReadonlyArray<ServerFrame>) => boolean,
+        options: { readonly message: string; readonly timeout?: Duration.DurationInput }
+      ) =>
+        Wait.awaitEvent(
+          Effect.async<ReadonlyArray<ServerFrame>>((resume) => {
+            const check = () => {
+              if (condition(frames)) {
+                listeners.delete(check)
+                resume(Effect.succeed(frames))
+              }
+            }
+            listeners.add(check)
+            check()
+            return Effect.sync(() => listeners.delete(check))
+          }),
+          { timeout: options.timeout ?? DEFAULT_TIMEOUT, message: options.message }
+        ).pipe(
+          Effect.mapError((timeout) =>
+            new Wait.WaitTimeout({ message: `${timeout.message}; got ${frames.length} frames: ${JSON.stringify(frames).slice(0, 1000)}` })
+          )
+        )
+
+      const awaitClosed = Wait.awaitEvent(Deferred.await(closed), { message: `${url} to close` })
 
       const collect = (requestId: string, timeout?: Duration.DurationInput) =>
         waitFor((frame): frame is ServerFrame => frame.request_id === requestId && isFinalFrame(frame), timeout).pipe(
@@ -107,19 +142,20 @@ export const connect = (
         frames,
         send: (frame) => raw.send(typeof frame === "string" ? frame : JSON.stringify(frame)),
         waitFor,
+        waitForFrames,
         collect,
         request: (frame, timeout) =>
           Effect.suspend(() => {
             raw.send(JSON.stringify(frame))
             return collect(frame.request_id, timeout)
           }),
-        closed: Deferred.await(closed),
+        closed: awaitClosed,
         close: (code) =>
           Effect.suspend(() => {
             if (raw.readyState === WebSocket.OPEN || raw.readyState === WebSocket.CONNECTING) {
               code === undefined ? raw.close() : raw.close(code)
             }
-            return Deferred.await(closed)
+            return awaitClosed
           })
       }
       raw.on("open", () => resume(Effect.succeed(client)))

@@ -6,6 +6,14 @@ import { describe, expect, it } from "@effect/vitest"
 import { Cause, Deferred, Effect, Exit, Fiber, Ref, TestClock } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
 import { Hub, isShutdown } from "../../src/hub/Hub.js"
+import * as Wait from "../support/Wait.js"
+
+/** `effect`, reporting through `started` once it runs (so the Hub has taken it in). */
+const signalling = <A, E, R>(started: Deferred.Deferred<void>, effect: Effect.Effect<A, E, R>) =>
+  Effect.zipRight(Deferred.succeed(started, undefined), effect)
+
+const awaitStarted = (started: Deferred.Deferred<void>) =>
+  Wait.awaitEvent(Deferred.await(started), { message: "the tracked request to start" })
 
 const provideHub = (env: Record<string, string> = {}) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>) =>
@@ -30,8 +38,9 @@ describe("Hub", () => {
     Effect.gen(function*() {
       const hub = yield* Hub
       const gate = yield* Deferred.make<void>()
-      const fiber = yield* Effect.fork(hub.track(Deferred.await(gate)))
-      yield* Effect.yieldNow()
+      const started = yield* Deferred.make<void>()
+      const fiber = yield* Effect.fork(hub.track(signalling(started, Deferred.await(gate))))
+      yield* awaitStarted(started)
       expect((yield* hub.stats).inFlight).toBe(1)
       yield* Deferred.succeed(gate, undefined)
       yield* Fiber.join(fiber)
@@ -44,10 +53,11 @@ describe("Hub", () => {
       const closed = yield* Ref.make(0)
       const membership = yield* hub.connect("ws")
       membership.onShutdown(Ref.update(closed, (n) => n + 1))
-      const request = yield* Effect.fork(hub.track(Effect.sleep("3 seconds").pipe(Effect.as("done"))))
-      yield* Effect.yieldNow()
+      const started = yield* Deferred.make<void>()
+      const request = yield* Effect.fork(hub.track(signalling(started, Effect.sleep("3 seconds").pipe(Effect.as("done")))))
+      yield* awaitStarted(started)
       const draining = yield* Effect.fork(hub.drain("5 seconds"))
-      yield* Effect.yieldNow()
+      yield* Wait.waitFor(Effect.map(hub.stats, (stats) => stats.draining), { message: "the drain to begin" })
 
       expect((yield* hub.stats).draining).toBe(true)
       const refused = yield* Effect.flip(hub.track(Effect.void))
@@ -66,8 +76,9 @@ describe("Hub", () => {
   it.scoped("requests still running when the grace period ends are interrupted by the shutdown", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
-      const request = yield* Effect.fork(hub.track(Effect.never))
-      yield* Effect.yieldNow()
+      const started = yield* Deferred.make<void>()
+      const request = yield* Effect.fork(hub.track(signalling(started, Effect.never)))
+      yield* awaitStarted(started)
       const draining = yield* Effect.fork(hub.drain("2 seconds"))
       yield* TestClock.adjust("1 second")
       expect(request.unsafePoll()).toBeNull()

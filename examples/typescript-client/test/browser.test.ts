@@ -10,6 +10,7 @@ import { type Browser, chromium, type Page } from "playwright-core"
 import { createServer, type ViteDevServer } from "vite"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import * as ServerProcess from "../../../test/support/ServerProcess.js"
+import * as Wait from "../../../test/support/Wait.js"
 
 declare global {
   interface Window {
@@ -66,7 +67,7 @@ const recordAssistant = (page: Page) =>
 const recorded = (page: Page) => page.evaluate(() => window.assistantTexts ?? [])
 
 const send = async (page: Page, text: string) => {
-  await page.locator("#send:not([disabled])").waitFor()
+  await page.locator("#send:not([disabled])").waitFor({ timeout: 10_000 })
   await page.fill("#input", text)
   await page.click("#send")
 }
@@ -75,7 +76,7 @@ const send = async (page: Page, text: string) => {
 const chat = async (page: Page, text: string) => {
   const before = await page.locator("[data-role=assistant]").count()
   await send(page, text)
-  await page.locator("[data-role=assistant]").nth(before).and(page.locator("[data-state=done]")).waitFor()
+  await page.locator("[data-role=assistant]").nth(before).and(page.locator("[data-state=done]")).waitFor({ timeout: 10_000 })
   return assistant(page)
 }
 
@@ -195,8 +196,11 @@ describe("the browser chat client", () => {
     const stopped = (await text.textContent()) ?? ""
     expect(stopped).toContain("[offline model]")
     expect(stopped).not.toContain("THE-END")
-    await slow.waitForTimeout(400)
-    await expect(text.textContent()).resolves.toBe(stopped)
+    // Nothing more arrives after the cancel.
+    await Wait.expectNothingWithinPromise(400, async () => ((await text.textContent()) ?? "") !== stopped, {
+      message: "change to the cancelled reply",
+      interval: 50
+    })
     await expect(slow.locator("#send").isEnabled()).resolves.toBe(true)
     await expect(slow.locator("#cancel").isDisabled()).resolves.toBe(true)
     await slow.close()
