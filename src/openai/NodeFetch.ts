@@ -31,6 +31,11 @@ const readAll = async (incoming: Http.IncomingMessage): Promise<string> => {
   return Buffer.concat(parts).toString("utf8")
 }
 
+const messages = new WeakMap<Response, Http.IncomingMessage>()
+
+/** The IncomingMessage behind a response of this fetch, to read a stream straight from the socket. */
+export const incomingOf = (response: Response): Http.IncomingMessage | undefined => messages.get(response)
+
 /**
  * A Response over an IncomingMessage. `body` is the message itself: the SDK
  * only iterates it, and Node's message is an async iterable of bytes.
@@ -48,6 +53,7 @@ class IncomingResponse extends Response {
     this.#incoming = incoming
     this.#url = url
     Object.defineProperty(this, "body", { value: incoming, enumerable: true })
+    messages.set(this, incoming)
   }
 
   override get url(): string {
