@@ -12,7 +12,7 @@ import type { IncomingMessage } from "node:http"
 import { StringDecoder } from "node:string_decoder"
 import OpenAI, { type APIError } from "openai"
 import { AppConfig } from "../config/AppConfig.js"
-import { ChatCompletion, ChatCompletionChunk, type UpstreamChatRequest } from "../protocol/Chat.js"
+import { ChatCompletion, ChatCompletionChunk, isPlainTextChunk, type UpstreamChatRequest } from "../protocol/Chat.js"
 import { EmbeddingResponse, type UpstreamEmbeddingRequest } from "../protocol/Embedding.js"
 import {
   type AiBaseError,
@@ -155,10 +155,15 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
       if (typeof json === "object" && json !== null && "error" in json && json.error) {
         return settle(errors.fromStream(new OpenAI.APIError(undefined, json.error, undefined, headers)))
       }
-      const chunk = decodeChunk(json)
-      if (Either.isLeft(chunk)) return settle(chunk.left)
-      if (!finished) finished = chunk.right.choices.some((choice) => choice.finish_reason !== null)
-      const full = sink(chunk.right)
+      let chunk: ChatCompletionChunk
+      if (isPlainTextChunk(json)) chunk = json
+      else {
+        const decoded = decodeChunk(json)
+        if (Either.isLeft(decoded)) return settle(decoded.left)
+        chunk = decoded.right
+      }
+      if (!finished) finished = chunk.choices.some((choice) => choice.finish_reason !== null)
+      const full = sink(chunk)
       if (full !== undefined) wait(full)
     })
     body.on("data", (bytes: Buffer) => {

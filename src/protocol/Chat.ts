@@ -241,6 +241,52 @@ export const ChatCompletionChunk = Schema.Struct({
 })
 export type ChatCompletionChunk = typeof ChatCompletionChunk.Type
 
+const CHUNK_KEYS: ReadonlySet<string> = new Set(Object.keys(ChatCompletionChunk.fields))
+const CHOICE_KEYS: ReadonlySet<string> = new Set(Object.keys(ChunkChoice.fields))
+const TEXT_DELTA_KEYS: ReadonlySet<string> = new Set(["role", "content", "refusal"])
+
+const isRecord = (u: unknown): u is { readonly [key: string]: unknown } =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+const onlyKeys = (record: { readonly [key: string]: unknown }, allowed: ReadonlySet<string>): boolean => {
+  for (const key in record) if (!allowed.has(key)) return false
+  return true
+}
+
+/** An optional field that is absent, null, or a string (present-but-undefined does not decode). */
+const optionalNullableStringAt = (record: { readonly [key: string]: unknown }, key: string): boolean =>
+  !(key in record) || record[key] === null || typeof record[key] === "string"
+
+/** An optional field that is absent or null. */
+const absentOrNullAt = (record: { readonly [key: string]: unknown }, key: string): boolean =>
+  !(key in record) || record[key] === null
+
+/**
+ * Whether a value is a text chunk in exactly the shape `ChatCompletionChunk`
+ * decodes to (no defaults to fill, nothing to strip), checked by hand.
+ * Almost every chunk of a stream is one, and this check costs a fraction of
+ * the Schema parser's; anything else (tool call deltas, usage, unknown
+ * fields, a malformed chunk) goes through the Schema, which has the last
+ * word and the error messages. A property test holds the two together.
+ */
+export const isPlainTextChunk = (u: unknown): u is ChatCompletionChunk => {
+  if (!isRecord(u) || !onlyKeys(u, CHUNK_KEYS)) return false
+  if (typeof u.id !== "string" || typeof u.object !== "string" || typeof u.model !== "string") return false
+  if (typeof u.created !== "number" || !absentOrNullAt(u, "usage")) return false
+  if (!optionalNullableStringAt(u, "system_fingerprint") || !optionalNullableStringAt(u, "service_tier")) return false
+  if (!Array.isArray(u.choices)) return false
+  for (const choice of u.choices) {
+    if (!isRecord(choice) || !onlyKeys(choice, CHOICE_KEYS) || !Number.isSafeInteger(choice.index)) return false
+    if (choice.finish_reason !== null && typeof choice.finish_reason !== "string") return false
+    if (!absentOrNullAt(choice, "logprobs")) return false
+    const delta = choice.delta
+    if (!isRecord(delta) || !onlyKeys(delta, TEXT_DELTA_KEYS)) return false
+    if ("role" in delta && typeof delta.role !== "string") return false
+    if (!optionalNullableStringAt(delta, "content") || !optionalNullableStringAt(delta, "refusal")) return false
+  }
+  return true
+}
+
 /** `chat_completion_stream_end` data: the stream, assembled. */
 export const ChatStreamEnd = Schema.Struct({
   finish_reason: Schema.NullOr(Schema.String),
