@@ -83,7 +83,9 @@ const config = Config.all({
     maxInFlight: withDefault("WS_MAX_IN_FLIGHT", PositiveInt, 32),
     maxConnections: withDefault("MAX_CONNECTIONS", PositiveInt, 10_000),
     pingInterval: seconds("WS_PING_INTERVAL_SECONDS", 30),
-    maxBufferedBytes: withDefault("WS_MAX_BUFFERED_BYTES", PositiveInt, 4 * 1024 * 1024)
+    maxBufferedBytes: withDefault("WS_MAX_BUFFERED_BYTES", PositiveInt, 4 * 1024 * 1024),
+    maxConcurrentStreams: withDefault("MAX_CONCURRENT_STREAMS", PositiveInt, 1000),
+    maxEventLoopDelay: withDefault("MAX_EVENT_LOOP_DELAY_MS", PositiveInt, 1000).pipe(Config.map(Duration.millis))
   }),
   toolTimeout: seconds("TOOL_TIMEOUT_SECONDS", 10),
   log: Config.all({

@@ -6,9 +6,10 @@ import { Clock, Context, DateTime, Effect, Either, Layer, type ParseResult, Sche
 import { AppConfig } from "../config/AppConfig.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import { ChatCompletionRequest } from "../protocol/Chat.js"
-import type { AiBaseError } from "../protocol/Errors.js"
+import { Admission } from "../hub/Admission.js"
+import type { AiBaseError, OverloadedError } from "../protocol/Errors.js"
 import { type AiBaseRpc, AiBaseRpcs } from "../protocol/Rpcs.js"
-import type * as Push from "../stream/Push.js"
+import * as Push from "../stream/Push.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
 import { Chat } from "./Chat.js"
 
@@ -46,16 +47,17 @@ const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
   const openai = yield* OpenAi
   const registry = yield* ToolRegistry
   const chat = yield* Chat
+  const { guard } = yield* Admission
 
   return AiBaseRpcs.of({
     Ping: () =>
       Clock.currentTimeMillis.pipe(
         Effect.map((millis) => ({ timestamp: DateTime.formatIso(DateTime.unsafeMake(millis)) }))
       ),
-    ChatCompletion: (request) => chat.complete(request),
-    ChatCompletionStream: (request) => chat.stream(request),
+    ChatCompletion: (request) => guard(chat.complete(request)),
+    ChatCompletionStream: (request) => Push.toStream(guardPush(guard, chat.push(request))),
     Embedding: (request) =>
-      openai.createEmbedding({ ...request, model: request.model ?? config.openai.embeddingModel }),
+      guard(openai.createEmbedding({ ...request, model: request.model ?? config.openai.embeddingModel })),
     ToolsList: () => Effect.map(registry.definitions, (tools) => ({ tools })),
     ToolExecute: ({ tool_call }) => registry.execute(tool_call)
   })
@@ -63,7 +65,21 @@ const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
 
 const pushHandlers = Layer.effect(
   PushHandlers,
-  Effect.map(Chat, (chat) => new Map([["ChatCompletionStream", pushHandler(ChatCompletionRequest, chat.push)]]))
+  Effect.gen(function*() {
+    const chat = yield* Chat
+    const { guard } = yield* Admission
+    return new Map([["ChatCompletionStream", pushHandler(ChatCompletionRequest, (request) => guardPush(guard, chat.push(request)))]])
+  })
 )
 
-export const layer = Layer.merge(rpcHandlers, pushHandlers).pipe(Layer.provide(Chat.layer))
+/** A push stream admitted like any model call. */
+const guardPush = <A, E>(
+  guard: Admission["Type"]["guard"],
+  push: Push.PushStream<A, E>
+): Push.PushStream<A, E | OverloadedError> =>
+(sink) => guard(push(sink))
+
+export const layer = Layer.merge(rpcHandlers, pushHandlers).pipe(
+  Layer.provide(Chat.layer),
+  Layer.provide(Admission.layerConfig)
+)

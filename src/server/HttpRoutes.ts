@@ -46,6 +46,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
       return HttpServerResponse.unsafeJson({
         status: "ok",
         clients: stats.clients,
+        in_flight: stats.inFlight,
         uptime_seconds: Math.floor((now - startedAt) / 1000)
       })
     })
@@ -75,6 +76,8 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
           ws_max_buffered_bytes: config.limits.maxBufferedBytes,
           ws_ping_interval_seconds: Duration.toSeconds(config.limits.pingInterval),
           max_connections: config.limits.maxConnections,
+          max_concurrent_streams: config.limits.maxConcurrentStreams,
+          max_event_loop_delay_ms: Duration.toMillis(config.limits.maxEventLoopDelay),
           openai_timeout_seconds: Duration.toSeconds(config.openai.timeout),
           openai_max_retries: config.openai.maxRetries,
           tool_timeout_seconds: Duration.toSeconds(config.toolTimeout),
