@@ -393,7 +393,7 @@ export const make = Effect.gen(function*() {
     return { reply, id, created, calls, usage }
   })
 
-  const createChatCompletion = Effect.fn("OfflineModel.createChatCompletion")(
+  const createChatCompletion = Effect.fnUntraced(
     function*(request: UpstreamChatRequest) {
       const { calls, created, id, reply, usage } = yield* respond(request)
       const completion: ChatCompletion = {
@@ -466,7 +466,7 @@ export const make = Effect.gen(function*() {
       )
     }))
 
-  const createEmbedding = Effect.fn("OfflineModel.createEmbedding")(
+  const createEmbedding = Effect.fnUntraced(
     function*(request: UpstreamEmbeddingRequest) {
       const inputs = typeof request.input === "string" ? [request.input] : request.input
       yield* failIfRequested(inputs)

@@ -40,7 +40,7 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
     const openai = yield* OpenAi
     const registry = yield* ToolRegistry
 
-    const resolveTools = Effect.fn("Chat.resolveTools")(function*(selection: ToolsSelection) {
+    const resolveTools = Effect.fnUntraced(function*(selection: ToolsSelection) {
       if (selection === "registry") {
         return (yield* registry.definitions).map(toFunctionTool)
       }
@@ -64,7 +64,7 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
     })
 
     /** Fills in the configured defaults and puts tools into OpenAI's shape. */
-    const resolve = Effect.fn("Chat.resolve")(function*(request: ChatCompletionRequest) {
+    const resolve = Effect.fnUntraced(function*(request: ChatCompletionRequest) {
       const { auto_execute_tools: _auto, max_tool_rounds: _rounds, model, tools, ...options } = request
       const resolvedTools = tools === undefined ? [] : yield* resolveTools(tools)
       const upstream: UpstreamChatRequest = {
@@ -122,7 +122,7 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
           rounds.push({ round: rounds.length + 1, executions })
           upstream = continueWith(upstream, choice.message.content, calls, executions)
         }
-      }).pipe(Effect.withSpan("Chat.complete"))
+      })
 
     /**
      * A streamed completion, pushed event by event: each chunk is accumulated

@@ -88,9 +88,12 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
       const push = pushHandlers.get(rpc._tag)
       run = (requestId, payload, emit) => {
         let ended = false
+        const quotedId = JSON.stringify(requestId)
         // One synchronous call per event: encode, frame, hand to the connection.
         const sink = (event: StreamEvent): Promise<void> | undefined => {
-          if (PLAIN_EVENTS.has(event._tag)) return emit(frame(event._tag, requestId, event.data), false)
+          if (PLAIN_EVENTS.has(event._tag)) {
+            return emit(`{"type":"${event._tag}","request_id":${quotedId},"data":${JSON.stringify(event.data)}}`, false)
+          }
           const encoded = encodeEvent(event)
           if (Either.isLeft(encoded)) throw new EncodingFailure(encoded.left)
           ended = encoded.right._tag === end
