@@ -8,13 +8,14 @@
  * Schema rejects comes back as a `Die` defect instead of a typed error.
  *
  * So, on /rpc:
- * - `serialization` is @effect/rpc's JSON serialization with a check of each
- *   decoded message's shape (no second parse, a few `typeof`s per frame).
- *   A message whose request id cannot be read is dropped with a Defect
- *   message (RpcServer's own answer to a frame it cannot read); an Interrupt
- *   or Ack whose id cannot be one of the client's requests, and an Eof, are
- *   ignored; a request with malformed headers is passed on with an
- *   `InvalidRequest` in place of its payload.
+ * - `makeSerialization` is @effect/rpc's JSON serialization with a check of
+ *   each decoded message's shape (no second parse, a few `typeof`s per
+ *   frame). A message whose request id cannot be read, or whose id is
+ *   already in flight, is dropped with a Defect message (RpcServer's own
+ *   answer to a frame it cannot read); an Interrupt or Ack whose id cannot
+ *   be one of the client's requests, and an Eof, are ignored; a request with
+ *   malformed headers is passed on with an `InvalidRequest` in place of its
+ *   payload.
  * - `lenientPayloads` gives RpcServer payload Schemas that never fail: a
  *   payload the real Schema rejects decodes to an `InvalidRequest` carrying
  *   the `invalid_payload` ValidationError (described as /ws describes it).
@@ -113,46 +114,82 @@ export const checkMessage = (message: unknown): object | Rejected | undefined =>
   }
 }
 
-/** @effect/rpc's JSON serialization, with every decoded message checked by `checkMessage`. */
-export const serialization: RpcSerialization.RpcSerialization["Type"] = RpcSerialization.RpcSerialization.of({
-  contentType: RpcSerialization.json.contentType,
-  includesFraming: RpcSerialization.json.includesFraming,
-  unsafeMake: () => {
-    const json = RpcSerialization.json.unsafeMake()
-    return {
-      // A throw here (unreadable JSON, or a rejected message) is answered by
-      // RpcServer's socket protocol with a Defect message.
-      decode: (bytes) => {
-        const messages = json.decode(bytes)
-        const checked: Array<unknown> = []
-        for (const message of messages) {
-          const result = checkMessage(message)
-          if (result instanceof Rejected) throw new UnreadableFrame(result.reason)
-          if (result !== undefined) checked.push(result)
-        }
-        return checked
-      },
-      encode: (response) => json.encode(response)
-    }
-  }
-})
+/**
+ * The id of a request RpcServer will answer with an Exit (one whose tag it
+ * serves), or undefined.
+ */
+const answeredId = (message: object, tags: ReadonlySet<string>): string | undefined =>
+  "_tag" in message && message._tag === "Request" && "tag" in message && typeof message.tag === "string" &&
+    tags.has(message.tag) && "id" in message && typeof message.id === "string"
+    ? message.id
+    : undefined
 
-export const layerSerialization: Layer.Layer<RpcSerialization.RpcSerialization> = Layer.succeed(
-  RpcSerialization.RpcSerialization,
-  serialization
-)
+const exitId = (response: unknown): string | undefined =>
+  typeof response === "object" && response !== null && "_tag" in response && response._tag === "Exit" &&
+    "requestId" in response && typeof response.requestId === "string"
+    ? response.requestId
+    : undefined
+
+/**
+ * @effect/rpc's JSON serialization for a server of the Rpcs tagged `tags`,
+ * with every decoded message checked by `checkMessage`. It also refuses a
+ * request whose id is already in flight on the connection: RpcServer would
+ * make it wait for the first, encode the first's answers with the second's
+ * Schemas and never answer the second. A request is in flight from its frame
+ * until its Exit is written.
+ */
+export const makeSerialization = (tags: ReadonlySet<string>): RpcSerialization.RpcSerialization["Type"] =>
+  RpcSerialization.RpcSerialization.of({
+    contentType: RpcSerialization.json.contentType,
+    includesFraming: RpcSerialization.json.includesFraming,
+    unsafeMake: () => {
+      const json = RpcSerialization.json.unsafeMake()
+      const inFlight = new Set<string>()
+      return {
+        // A throw here (unreadable JSON, or a rejected message) is answered by
+        // RpcServer's socket protocol with a Defect message.
+        decode: (bytes) => {
+          const messages = json.decode(bytes)
+          const checked: Array<unknown> = []
+          for (const message of messages) {
+            const result = checkMessage(message)
+            if (result instanceof Rejected) throw new UnreadableFrame(result.reason)
+            if (result === undefined) continue
+            const id = answeredId(result, tags)
+            if (id !== undefined) {
+              if (inFlight.has(id)) throw new UnreadableFrame(`Request id ${id} is already in flight on this connection`)
+              inFlight.add(id)
+            }
+            checked.push(result)
+          }
+          return checked
+        },
+        encode: (response) => {
+          const id = exitId(response)
+          if (id !== undefined) inFlight.delete(id)
+          return json.encode(response)
+        }
+      }
+    }
+  })
+
+/** `makeSerialization` for the Rpcs of `group`. */
+export const layerSerialization = <R extends Rpc.Any>(
+  group: RpcGroup.RpcGroup<R>
+): Layer.Layer<RpcSerialization.RpcSerialization> =>
+  Layer.succeed(RpcSerialization.RpcSerialization, makeSerialization(new Set(group.requests.keys())))
 
 // ---------------------------------------------------------------------------
 // payloads
 
 /**
  * `schema`, except that a value it rejects decodes to an `InvalidRequest`
- * (and an `InvalidRequest` passes through) instead of failing. Valid
- * payloads are decoded once, as before, with the options /ws uses.
+ * (and an `InvalidRequest` passes through) instead of failing. A valid
+ * payload is decoded once, as RpcServer decodes it; a rejected one is
+ * described as /ws describes it (every error, `payload.` paths).
  */
 export const lenient = <A, I, R>(schema: Schema.Schema<A, I, R>): Schema.Schema<unknown, unknown, R> => {
-  // Default options on the way in: `errors: "all"` doubles the cost of a valid
-  // payload. A rejected one is decoded again, with every error, to describe it.
+  // Default options first: `errors: "all"` doubles the cost of a valid payload.
   const decode = ParseResult.decodeUnknown(schema)
   const decodeAll = ParseResult.decodeUnknown(schema, { errors: "all", onExcessProperty: "ignore" })
   const encode = ParseResult.encodeUnknown(schema)

@@ -162,6 +162,6 @@ export const layer = Layer.mergeAll(
       RpcInput.guardHandlers(served).pipe(Layer.provide(Handlers.layer))
     ]),
     // JSON, with each frame's shape checked before RpcServer reads it (see RpcInput).
-    Layer.provide(RpcInput.layerSerialization)
+    Layer.provide(RpcInput.layerSerialization(served))
   )
 ).pipe(Layer.provide(layerSockets))
