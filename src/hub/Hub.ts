@@ -75,6 +75,12 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
    * is interrupted by `ShutdownFiberId`.
    */
   readonly track: <A, E, R>(request: Effect.Effect<A, E, R>) => Effect.Effect<A, E | UnavailableError, R>
+  /**
+   * Counts a request's fiber as in flight until it ends (what `track` does,
+   * for a fiber already started); false, and nothing counted, once draining
+   * has begun: the caller answers `unavailable` and interrupts it.
+   */
+  readonly unsafeTrack: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => boolean
   readonly stats: Effect.Effect<Stats>
   /** `stats`, synchronously (for /health, which must answer even when the server is busy). */
   readonly unsafeStats: () => Stats
@@ -145,6 +151,16 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
         })
       )
 
+    const unsafeTrack = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => {
+      if (draining) return false
+      running.add(fiber)
+      fiber.addObserver(() => {
+        running.delete(fiber)
+        changed()
+      })
+      return true
+    }
+
     const unsafeStats = (): Stats => {
       const clientsByTransport: Record<Transport, number> = { ws: 0, rpc: 0 }
       for (const member of members.values()) clientsByTransport[member.transport]++
@@ -191,7 +207,7 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
         yield* awaitZero(() => members.size, Duration.seconds(2))
       })
 
-    return Hub.of({ connect, unsafeConnect, track, stats: Effect.sync(unsafeStats), unsafeStats, drain })
+    return Hub.of({ connect, unsafeConnect, track, unsafeTrack, stats: Effect.sync(unsafeStats), unsafeStats, drain })
   })
 
   static readonly layer: Layer.Layer<Hub, never, AppConfig> = Layer.effect(Hub, Hub.make)

@@ -75,14 +75,20 @@ export const jsonDepthExceeds = (value: unknown, maxDepth: number): boolean => {
  */
 export const jsonTextDepthExceeds = (text: string, maxDepth: number): boolean => {
   let depth = 0
-  let inString = false
-  for (let i = 0; i < text.length; i++) {
+  const length = text.length
+  for (let i = 0; i < length; i++) {
     const c = text.charCodeAt(i)
-    if (inString) {
-      if (c === 0x5c /* \ */) i++
-      else if (c === 0x22 /* " */) inString = false
-    } else if (c === 0x22) {
-      inString = true
+    if (c === 0x22 /* " */) {
+      // Jump over the string natively: to the next quote not escaped by an odd run of backslashes.
+      let end = text.indexOf("\"", i + 1)
+      while (end !== -1) {
+        let backslashes = 0
+        while (text.charCodeAt(end - 1 - backslashes) === 0x5c /* \ */) backslashes++
+        if (backslashes % 2 === 0) break
+        end = text.indexOf("\"", end + 1)
+      }
+      if (end === -1) return false
+      i = end
     } else if (c === 0x5b /* [ */ || c === 0x7b /* { */) {
       if (++depth > maxDepth) return true
     } else if (c === 0x5d /* ] */ || c === 0x7d /* } */) {

@@ -4,9 +4,21 @@
  */
 import { Schema } from "effect"
 import { optional } from "./Fields.js"
+import { jsonDepthExceeds, MAX_JSON_DEPTH } from "./JsonDepth.js"
 
-/** A JSON Schema object, as the model sees a tool's parameters. */
-export const JsonSchemaObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
+/**
+ * A JSON Schema object, as the model sees a tool's parameters. Its content is
+ * not checked, but its depth is: it is serialized (JSON.stringify, token
+ * counting, the upstream request body) by code that recurses per level, so a
+ * deeply nested one would fail there as an internal error instead of here
+ * as a validation error.
+ */
+export const JsonSchemaObject = Schema.Record({ key: Schema.String, value: Schema.Unknown }).pipe(
+  Schema.filter((schema) => !jsonDepthExceeds(schema, MAX_JSON_DEPTH), {
+    message: () => `nests objects and arrays more than ${MAX_JSON_DEPTH} levels deep`,
+    jsonSchema: {}
+  })
+)
 
 /** The seed's ToolDefinition: the flat shape `{name, description, parameters}`. */
 export const ToolDefinition = Schema.Struct({

@@ -2,7 +2,7 @@
  * The one implementation of every AIBase request. Both transports serve
  * these handlers: /rpc through RpcServer, /ws through the envelope adapter.
  */
-import { Clock, Context, DateTime, Effect, Either, Layer, type ParseResult, Schema } from "effect"
+import { Clock, Context, Effect, Either, Layer, type ParseResult, Schema } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import { ChatCompletionRequest } from "../protocol/Chat.js"
@@ -28,7 +28,7 @@ const pushHandler = <P, I, A extends StreamEvent>(
   payload: Schema.Schema<P, I>,
   run: (payload: P) => Push.PushStream<A, AiBaseError>
 ): PushHandler => {
-  const decode = Schema.decodeUnknownEither(payload, { errors: "all", onExcessProperty: "ignore" })
+  const decode = Schema.decodeUnknownEither(payload, { onExcessProperty: "ignore" })
   return { run: (raw) => Either.map(decode(raw), run) }
 }
 
@@ -50,10 +50,7 @@ const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
   const { guard } = yield* Admission
 
   return AiBaseRpcs.of({
-    Ping: () =>
-      Clock.currentTimeMillis.pipe(
-        Effect.map((millis) => ({ timestamp: DateTime.formatIso(DateTime.unsafeMake(millis)) }))
-      ),
+    Ping: () => Effect.map(Clock.currentTimeMillis, (millis) => ({ timestamp: new Date(millis).toISOString() })),
     ChatCompletion: (request) => guard(chat.complete(request)),
     ChatCompletionStream: (request) => Push.toStream(guardPush(guard, chat.push(request))),
     Embedding: (request) =>

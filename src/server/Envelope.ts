@@ -10,7 +10,7 @@ import { Rpc, RpcSchema } from "@effect/rpc"
 import { Context, Effect, Either, Mailbox, type ParseResult, Schema, Stream } from "effect"
 import { type AiBaseError, InternalError, isAiBaseError, ValidationError } from "../protocol/Errors.js"
 import { CANCEL, CANCEL_RESPONSE, CancelResponse, ErrorFrame, errorFrame, RequestEnvelope } from "../protocol/Frames.js"
-import { jsonDepthExceeds } from "../protocol/JsonDepth.js"
+import { jsonDepthExceeds, MAX_JSON_DEPTH, tooDeep } from "../protocol/JsonDepth.js"
 import { type AiBaseRpc, AiBaseRpcs, PLAIN_EVENTS, type WireName, WireNames } from "../protocol/Rpcs.js"
 import { validationError } from "../protocol/Validation.js"
 import { PushHandlers, type StreamEvent } from "../rpc/Handlers.js"
@@ -42,13 +42,6 @@ export interface Incoming {
   readonly payload: unknown
 }
 
-/**
- * How deep a frame may nest. Real requests need a handful of levels (tool
- * parameter schemas a dozen or two); much deeper values would make the
- * Schema parser and error formatting recurse toward the stack limit.
- */
-export const MAX_DEPTH = 64
-
 const decodeEnvelope = Schema.decodeUnknownEither(RequestEnvelope)
 const encodeErrorFrame = Schema.encodeSync(ErrorFrame)
 
@@ -76,7 +69,7 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
     const names: WireName = WireNames[rpc._tag]
     const invoke = handlerOf(context, rpc.key)
     const payloadSchema: Schema.Schema.AnyNoContext = rpc.payloadSchema
-    const decodePayload = Schema.decodeUnknownEither(payloadSchema, { errors: "all", onExcessProperty: "ignore" })
+    const decodePayload = Schema.decodeUnknownEither(payloadSchema, { onExcessProperty: "ignore" })
     const invalidPayload = (error: ParseResult.ParseError) => validationError("invalid_payload", error, ["payload"])
     const successSchema: Schema.Schema.AnyNoContext = rpc.successSchema
 
@@ -147,12 +140,8 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
         error: new ValidationError({ code: "invalid_json", message: "The frame is not valid JSON" })
       })
     }
-    if (jsonDepthExceeds(json, MAX_DEPTH)) {
-      return Either.left({
-        requestId: salvageRequestId(json),
-        error: new ValidationError({ code: "too_deep", message: `The frame nests deeper than ${MAX_DEPTH} levels` })
-      })
-    }
+    // Deeper values would make Schema decoding and error formatting recurse toward the stack limit.
+    if (jsonDepthExceeds(json, MAX_JSON_DEPTH)) return Either.left({ requestId: salvageRequestId(json), error: tooDeep() })
     const envelope = decodeEnvelope(json)
     if (Either.isLeft(envelope)) {
       return Either.left({ requestId: salvageRequestId(json), error: validationError("invalid_frame", envelope.left) })

@@ -23,6 +23,7 @@
  *   with that error instead of calling its handler, so it reaches the client
  *   as a typed failure, encoded by the group's error Schema like any other.
  */
+import { jsonDepthExceeds, MAX_JSON_DEPTH, tooDeep } from "../protocol/JsonDepth.js"
 import { type Rpc, RpcGroup, RpcSerialization } from "@effect/rpc"
 import { Context, Effect, Layer, ParseResult, Schema } from "effect"
 import { ValidationError } from "../protocol/Errors.js"
@@ -97,6 +98,8 @@ export const checkMessage = (message: unknown): object | Rejected | undefined =>
       if ("headers" in message && !isHeaders(message.headers)) {
         return { ...message, headers: [], payload: new InvalidRequest(malformedHeaders) }
       }
+      // Deeper values would make Schema decoding and error formatting recurse toward the stack limit.
+      if (jsonDepthExceeds(message, MAX_JSON_DEPTH)) return { ...message, headers: [], payload: new InvalidRequest(tooDeep()) }
       return message
     }
     case "Interrupt":

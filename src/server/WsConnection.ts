@@ -15,11 +15,18 @@
  * interrupts every request, and interrupting a request aborts its upstream
  * call.
  */
-import { Cause, Duration, Effect, Either, type Fiber, FiberId, Schema } from "effect"
+import { Cause, Duration, Effect, Either, Exit, type Fiber, FiberId, Option, Schema } from "effect"
 import { Duplex } from "node:stream"
 import type { WebSocket } from "ws"
 import { type Hub, isShutdown, type Membership, stoppedAtShutdown } from "../hub/Hub.js"
-import { type AiBaseError, CancelledError, InternalError, OverloadedError, ValidationError } from "../protocol/Errors.js"
+import {
+  type AiBaseError,
+  CancelledError,
+  InternalError,
+  OverloadedError,
+  UnavailableError,
+  ValidationError
+} from "../protocol/Errors.js"
 import { CancelRequest } from "../protocol/Frames.js"
 import { validationError } from "../protocol/Validation.js"
 import type { Emit, Envelope, Incoming, Route } from "./Envelope.js"
@@ -38,10 +45,12 @@ export interface Options {
   readonly fork: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
   /** Reports a dropped client (logged once per client). */
   readonly onDropped: (reason: string) => void
+  /** Reports a request that failed unexpectedly (its client gets an `internal` error). */
+  readonly onDefect: (cause: Cause.Cause<unknown>, request: Incoming) => void
 }
 
 interface InFlight {
-  fiber: Fiber.RuntimeFiber<void, never> | undefined
+  fiber: Fiber.RuntimeFiber<void, AiBaseError> | undefined
   /** Set when the client cancels the request; it becomes the request's error frame. */
   cancelled: boolean
   /** Set once the request's final frame is sent: nothing may follow it. */
@@ -52,6 +61,10 @@ const decodeCancel = Schema.decodeUnknownEither(CancelRequest)
 
 const cancelled = new CancelledError({ code: "cancelled", message: "The request was cancelled by the client" })
 const internal = new InternalError({ code: "internal_error", message: "The request failed unexpectedly" })
+const refusedAtShutdown = new UnavailableError({
+  code: "shutting_down",
+  message: "The server is shutting down; retry on a new connection shortly"
+})
 const binaryFrame = new ValidationError({ code: "binary_frame", message: "Send requests as JSON text frames" })
 /** Interrupts requests when their client has gone. */
 const disconnectId = FiberId.make(-1002, 0)
@@ -137,40 +150,42 @@ export const serve = (ws: WebSocket, membership: Membership, options: Options): 
 
   const start = (incoming: Incoming, route: Route): void => {
     const { requestId } = incoming
+    if (hub.unsafeStats().draining) return sendError(requestId, refusedAtShutdown)
     const entry: InFlight = { fiber: undefined, cancelled: false, finished: false }
     const emit: Emit = (frame, final) => {
       if (entry.finished) return undefined
       if (final) entry.finished = true
       return send(frame)
     }
-    const program = hub.track(route.run(requestId, incoming.payload, emit)).pipe(
-      Effect.catchAll((error) => Effect.sync(() => emit(envelope.encodeError(requestId, error), true))),
-      Effect.catchAllDefect((defect) =>
-        Effect.logError("Request failed unexpectedly", Cause.die(defect)).pipe(
-          Effect.zipRight(Effect.sync(() => emit(envelope.encodeError(requestId, internal), true))),
-          Effect.annotateLogs({ request_id: requestId, request_type: incoming.type })
-        )
-      ),
-      Effect.onInterrupt((interruptors) =>
-        Effect.sync(() => {
-          // A disconnect needs no frame; a cancel or a shutdown gets its error.
-          const reason = entry.cancelled ? cancelled : isShutdown(interruptors) ? stoppedAtShutdown : undefined
-          if (reason !== undefined) emit(envelope.encodeError(requestId, reason), true)
-        })
-      ),
-      Effect.asVoid
-    )
+    // The request's outcome is read from its exit in one place, with no
+    // combinators wrapped around the request itself.
+    const settle = (exit: Exit.Exit<void, AiBaseError>): void => {
+      if (requests.get(requestId) === entry) requests.delete(requestId)
+      if (Exit.isSuccess(exit)) return
+      const cause = exit.cause
+      if (entry.finished) {
+        if (!Cause.isInterruptedOnly(cause) && Option.isNone(Cause.failureOption(cause))) options.onDefect(cause, incoming)
+        return
+      }
+      const failure = Cause.failureOption(cause)
+      if (Option.isSome(failure)) return void emit(envelope.encodeError(requestId, failure.value), true)
+      if (Cause.isInterruptedOnly(cause)) {
+        // A disconnect needs no frame; a cancel or a shutdown gets its error.
+        const reason = entry.cancelled ? cancelled : isShutdown(Cause.interruptors(cause)) ? stoppedAtShutdown : undefined
+        if (reason !== undefined) emit(envelope.encodeError(requestId, reason), true)
+        return
+      }
+      options.onDefect(cause, incoming)
+      emit(envelope.encodeError(requestId, internal), true)
+    }
     // The entry goes in first: a request can finish synchronously inside fork.
     requests.set(requestId, entry)
-    const fiber = fork(program)
-    if (fiber.unsafePoll() !== null) {
-      requests.delete(requestId)
-      return
-    }
+    const fiber = fork(route.run(requestId, incoming.payload, emit))
+    const exit = fiber.unsafePoll()
+    if (exit !== null) return settle(exit)
     entry.fiber = fiber
-    fiber.addObserver(() => {
-      if (requests.get(requestId) === entry) requests.delete(requestId)
-    })
+    hub.unsafeTrack(fiber)
+    fiber.addObserver(settle)
   }
 
   const cancel = (incoming: Incoming): void => {
@@ -221,7 +236,13 @@ export const serve = (ws: WebSocket, membership: Membership, options: Options): 
 
   ws.on("message", (data, isBinary) => {
     if (isBinary) return sendError(null, binaryFrame)
-    onFrame(Array.isArray(data) ? Buffer.concat(data).toString() : data.toString())
+    try {
+      onFrame(Array.isArray(data) ? Buffer.concat(data).toString() : data.toString())
+    } catch (error) {
+      // Nothing a client sends may end the process: a bug here costs one error frame.
+      options.onDefect(Cause.die(error), { type: "unknown", requestId: "", payload: undefined })
+      sendError(null, internal)
+    }
   })
 
   ws.once("close", () => {

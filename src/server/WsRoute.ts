@@ -27,6 +27,11 @@ export const layer = Layer.scopedDiscard(Effect.gen(function*() {
       writeTimeout: config.server.writeTimeout
     },
     fork: (effect) => runFork(effect),
+    onDefect: (cause, request) => {
+      runFork(Effect.logError("Request failed unexpectedly", cause).pipe(
+        Effect.annotateLogs({ request_id: request.requestId, request_type: request.type })
+      ))
+    },
     onDropped: (reason) => {
       runFork(Effect.logWarning("Dropping a client that is not reading its responses").pipe(
         Effect.annotateLogs({ reason, transport: "ws" })

@@ -6,6 +6,7 @@
  */
 import { Context, Duration, Effect, Layer, Option, Schema, Scope } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
+import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../protocol/JsonDepth.js"
 import { describeParseError } from "../protocol/Validation.js"
 import type { ToolCall, ToolDefinition, ToolResult } from "../protocol/Tools.js"
 import * as Tool from "./Tool.js"
@@ -33,24 +34,47 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
 
     const register = <A, I, R>(tool: Tool.Tool<A, I, R>): Effect.Effect<void, never, Scope.Scope | R> =>
       Effect.gen(function*() {
-        if (entries.has(tool.name)) {
-          return yield* Effect.dieMessage(`A tool named "${tool.name}" is already registered`)
-        }
         const context = yield* Effect.context<R>()
-        const decode = Schema.decodeUnknown(Schema.parseJson(tool.parameters), { errors: "all" })
+        const decode = Schema.decodeUnknown(tool.parameters, { errors: "all" })
+        const invalid = (why: string) => new Tool.ToolError({ message: `Invalid arguments for ${tool.name}: ${why}` })
         const entry: Entry = {
           definition: Tool.definition(tool),
           run: (argumentsJson) =>
-            decode(argumentsJson).pipe(
-              Effect.mapError((error) =>
-                new Tool.ToolError({ message: `Invalid arguments for ${tool.name}: ${describeParseError(error)}` })
-              ),
+            Effect.suspend(() => {
+              let json: unknown
+              try {
+                json = JSON.parse(argumentsJson)
+              } catch (error) {
+                return Effect.fail(invalid(`not valid JSON (${error instanceof Error ? error.message : String(error)})`))
+              }
+              // Parsing accepts any depth; describing or serializing a deep value would not.
+              if (jsonDepthExceeds(json, MAX_JSON_DEPTH)) {
+                return Effect.fail(invalid(`nested more than ${MAX_JSON_DEPTH} levels deep`))
+              }
+              return decode(json).pipe(Effect.mapError((error) => invalid(describeParseError(error))))
+            }).pipe(
               Effect.flatMap(tool.execute),
               Effect.provide(context)
             )
         }
-        entries.set(tool.name, entry)
-        yield* Effect.addFinalizer(() => Effect.sync(() => entries.delete(tool.name)))
+        // The check and the set happen in one synchronous step, so two
+        // registrations of a name cannot both pass the check; acquireRelease
+        // installs the finalizer together with the entry (no interruption in
+        // between), and the finalizer removes this entry only, never a later
+        // registration of the same name.
+        yield* Effect.acquireRelease(
+          Effect.suspend(() => {
+            if (entries.has(tool.name)) {
+              return Effect.dieMessage(`A tool named "${tool.name}" is already registered`)
+            }
+            entries.set(tool.name, entry)
+            return Effect.void
+          }),
+          () =>
+            Effect.sync(() => {
+              if (entries.get(tool.name) === entry) entries.delete(tool.name)
+            })
+        )
       })
 
     const execute = (call: ToolCall): Effect.Effect<ToolResult> => Effect.suspend(() => {

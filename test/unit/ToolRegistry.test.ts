@@ -1,7 +1,8 @@
 /** Tests for the ToolRegistry: definitions, execution, errors, timeouts, interruption and Layer-based registration. */
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schema, TestClock } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schema, Scope, TestClock } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
+import { MAX_JSON_DEPTH } from "../../src/protocol/JsonDepth.js"
 import type { ToolCall, ToolResult } from "../../src/protocol/Tools.js"
 import * as Tool from "../../src/tools/Tool.js"
 import * as BuiltinTools from "../../src/tools/builtin/BuiltinTools.js"
@@ -208,4 +209,96 @@ describe("ToolRegistry", () => {
         expect(Cause.pretty(exit.cause)).toContain("A tool named \"calculator\" is already registered")
       }
     }))
+
+  /** A tool named "dup" that answers with its number, to tell registrations apart. */
+  const dup = (n: number) =>
+    Tool.make({
+      name: "dup",
+      description: `dup #${n}`,
+      parameters: Schema.Struct({}),
+      execute: () => Effect.succeed(`#${n}`)
+    })
+
+  /**
+   * Registers dup #0 and dup #1 concurrently in a fresh registry, each in its
+   * own scope, with the fibers yielding to each other every `ops` operations
+   * (the scheduler does this by itself every 2048 operations, so a busy server
+   * interleaves registrations the same way). Below about 10, Effect 3.22's
+   * `Effect.all` itself stops making progress, hence the range used below.
+   */
+  const raceRegistrations = (ops: number) =>
+    Effect.gen(function*() {
+      const registry = yield* ToolRegistry.make
+      const scopes = [yield* Scope.make(), yield* Scope.make()] as const
+      const exits = yield* Effect.all(
+        [0, 1].map((n) => registry.register(dup(n)).pipe(Scope.extend(scopes[n]!), Effect.exit)),
+        { concurrency: "unbounded" }
+      ).pipe(Effect.withMaxOpsBeforeYield(ops))
+      return { registry, scopes, exits }
+    }).pipe(Effect.provide(AppConfig.layerFromEnv({})))
+
+  /** Interleavings to try; the check-then-set across a `yield*` raced at 12. */
+  const OPS = Array.from({ length: 29 }, (_, i) => 12 + i)
+
+  it.effect("registers a name once when two registrations race", () =>
+    Effect.gen(function*() {
+      for (const ops of OPS) {
+        const { exits, registry } = yield* raceRegistrations(ops)
+        expect(exits.filter(Exit.isSuccess), `yielding every ${ops} operations`).toHaveLength(1)
+        const failure = exits.find(Exit.isFailure)
+        expect(failure !== undefined && Cause.pretty(failure.cause)).toContain("A tool named \"dup\" is already registered")
+        const winner = exits.findIndex(Exit.isSuccess)
+        expect(yield* registry.execute(call("dup", {}))).toMatchObject({ content: `#${winner}`, is_error: false })
+        expect(Option.getOrThrow(yield* registry.lookup("dup")).description).toBe(`dup #${winner}`)
+      }
+    }))
+
+  it.effect("a registration's finalizer removes that registration only", () =>
+    Effect.gen(function*() {
+      for (const ops of OPS) {
+        const { exits, registry, scopes } = yield* raceRegistrations(ops)
+        // Close the scopes one by one: the tool stays while a successful registration's scope is open.
+        for (const n of [0, 1]) {
+          yield* Scope.close(scopes[n]!, Exit.void)
+          const stillOpen = [0, 1].filter((m) => m > n && Exit.isSuccess(exits[m]!))
+          expect(Option.isSome(yield* registry.lookup("dup")), `yielding every ${ops}, after closing scope #${n}`)
+            .toBe(stillOpen.length > 0)
+        }
+        expect(Option.isNone(yield* registry.lookup("dup"))).toBe(true)
+        // The name is free again.
+        yield* Effect.scoped(Effect.gen(function*() {
+          yield* registry.register(dup(2))
+          expect(yield* registry.execute(call("dup", {}))).toMatchObject({ content: "#2", is_error: false })
+        }))
+      }
+    }))
+
+  it.effect("a later registration of a name survives the earlier one's scope closing", () =>
+    Effect.gen(function*() {
+      const registry = yield* ToolRegistry
+      const first = yield* Scope.make()
+      yield* registry.register(dup(0)).pipe(Scope.extend(first))
+      yield* Scope.close(first, Exit.void)
+      const second = yield* Scope.make()
+      yield* registry.register(dup(1)).pipe(Scope.extend(second))
+      expect(yield* registry.execute(call("dup", {}))).toMatchObject({ content: "#1", is_error: false })
+      yield* Scope.close(second, Exit.void)
+      expect(Option.isNone(yield* registry.lookup("dup"))).toBe(true)
+    }).pipe(Effect.provide(Registry)))
+
+  it.effect("reports deeply nested arguments as invalid instead of crashing the tool", () =>
+    Effect.gen(function*() {
+      for (const depth of [3_000, 100_000]) {
+        // Nested inside a field the Schema checks: the failure's description must stay short.
+        const inField = yield* execute("calculator", `{"expression":${"[".repeat(depth)}${"]".repeat(depth)}}`)
+        expectError(inField, "Invalid arguments for calculator", `nested more than ${MAX_JSON_DEPTH} levels deep`)
+        // The whole arguments value.
+        const whole = yield* execute("get_weather", "[".repeat(depth) + "]".repeat(depth))
+        expectError(whole, "Invalid arguments for get_weather", `nested more than ${MAX_JSON_DEPTH} levels deep`)
+      }
+      // Below the limit, the Schema's own message, with a short preview of the value.
+      const shallow = yield* execute("calculator", `{"expression":${"[".repeat(40)}${"]".repeat(40)}}`)
+      expectError(shallow, "Invalid arguments for calculator: expression: Expected string, actual [[[[…]]]]")
+      expect(shallow.content.length).toBeLessThan(200)
+    }).pipe(Effect.provide(WithBuiltins)))
 })
