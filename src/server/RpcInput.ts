@@ -46,10 +46,12 @@ export class UnreadableFrame extends Error {
 // frames
 
 /**
- * A request id as RpcClient writes it (a bigint as a string). Bounded, since
+ * A request id as RpcClient writes it (a bigint as a string), in canonical
+ * form: RpcServer keys requests by the BigInt, so "00135" and "135" would be
+ * the same request to it but two to the in-flight check here. Bounded, since
  * RpcServer turns it into a BigInt and back: a 1 MB id costs seconds of CPU.
  */
-const REQUEST_ID = /^-?\d{1,39}$/
+const REQUEST_ID = /^(?:0|-?[1-9]\d{0,38})$/
 
 const isRequestId = (id: unknown): boolean => typeof id === "string" && REQUEST_ID.test(id)
 
@@ -78,7 +80,7 @@ export class Rejected {
 }
 
 const notAMessage = new Rejected("Expected a JSON object with a string _tag")
-const invalidId = new Rejected("Invalid request id: expected a string of 1 to 39 digits")
+const invalidId = new Rejected("Invalid request id: expected an integer of 1 to 39 digits without leading zeros, as a string")
 const invalidTag = new Rejected("Invalid request tag: expected a string")
 
 /**
