@@ -242,7 +242,7 @@ export const start = (options: Partial<UpstreamOptions> = {}): Promise<FakeUpstr
   })
   const vectors = cached((key) => embeddingVector(Number(key)))
 
-  let counters = {
+  const zero = () => ({
     started: 0,
     finished: 0,
     aborted: 0,
@@ -252,24 +252,16 @@ export const start = (options: Partial<UpstreamOptions> = {}): Promise<FakeUpstr
     rejected: 0,
     firstAbortAt: null as number | null,
     lastAbortAt: null as number | null
-  }
+  })
+  let counters = zero()
   const stats = (): UpstreamStats => ({
     ...counters,
     active: counters.started - counters.finished - counters.aborted
   })
   const resetStats = () => {
-    counters = {
-      started: 0,
-      finished: 0,
-      aborted: 0,
-      chatStreams: 0,
-      chatCompletions: 0,
-      embeddings: 0,
-      rejected: 0,
-      firstAbortAt: null,
-      lastAbortAt: null
-    }
+    counters = zero()
   }
+
 
   /** Counts the exchange; `onAbort` runs when the client leaves before the end. */
   const track = (res: ServerResponse, onAbort: () => void) => {
