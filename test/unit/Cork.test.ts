@@ -27,8 +27,9 @@ describe("underlyingSocket", () => {
       expect(socket).toBeInstanceOf(Socket)
       if (!(socket instanceof Socket)) return
       let writes = 0
-      const writev = Reflect.get(socket, "_writev")
-      const write = Reflect.get(socket, "_write")
+      const writev: unknown = Reflect.get(socket, "_writev")
+      const write: unknown = Reflect.get(socket, "_write")
+      if (typeof writev !== "function" || typeof write !== "function") throw new Error("net.Socket has no _write/_writev")
       Reflect.set(socket, "_writev", function(this: Socket, ...args: Array<unknown>) {
         writes++
         return Reflect.apply(writev, this, args)
