@@ -105,8 +105,9 @@ export const make = (): NodeFetch => {
         headers: requestHeaders(init.headers),
         agent: secure ? agents.https : agents.http
       })
-      // Aborting destroys the request, before or during the response: the
-      // response body then fails with the AbortError, which the SDK expects.
+      // Aborting destroys the request, before or during the response: before,
+      // the fetch rejects with the AbortError the SDK expects; during, the
+      // body fails ("aborted") and the socket is closed.
       const onAbort = () => request.destroy(signal === undefined ? undefined : toError(abortError(signal)))
       const done = () => signal?.removeEventListener("abort", onAbort)
       signal?.addEventListener("abort", onAbort, { once: true })

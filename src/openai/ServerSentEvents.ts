@@ -44,7 +44,11 @@ export class Decoder {
   }
 
   private dispatch(): void {
-    if (this.data.length === 0 && this.event === undefined) return
+    // As the spec says, a block without data dispatches nothing.
+    if (this.data.length === 0) {
+      this.event = undefined
+      return
+    }
     const data = this.data.length === 1 ? this.data[0]! : this.data.join("\n")
     const event = this.event
     this.data = []

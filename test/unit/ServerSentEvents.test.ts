@@ -179,3 +179,12 @@ describe("ServerSentEvents.Decoder", () => {
     expect(events.every((event, i) => event.data === `{"n":${i}}` && event.event === undefined)).toBe(true)
   })
 })
+
+describe("Decoder, blocks without data", () => {
+  it("dispatches nothing for a block with only an event name, and does not carry the name over", () => {
+    const events: Array<[string, string | undefined]> = []
+    const decoder = new Decoder((data, event) => events.push([data, event]))
+    decoder.feed("event: ping\n\ndata: x\n\n")
+    expect(events).toEqual([["x", undefined]])
+  })
+})
