@@ -9,7 +9,6 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { request } from "node:http"
-import { createServer } from "node:net"
 import { fileURLToPath } from "node:url"
 
 export const repoRoot = fileURLToPath(new URL("..", import.meta.url))
@@ -54,16 +53,7 @@ process.once("exit", killAll)
 const scrubbed = new Set(["OPENAI_API_KEY", "OPENAI_BASE_URL", "AUTH_TOKENS", "LLM_PROVIDER"])
 
 /** A free TCP port on 127.0.0.1 (released before the child binds it). */
-export const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
+export { freePort } from "../test/support/Ports.js"
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 

@@ -43,6 +43,7 @@ import { monitorEventLoopDelay } from "node:perf_hooks"
 import { Conn, type Frame, summarize } from "../bench/Load.js"
 import { freePort, httpGet, type Proc, rssKiB, spawnNode, stop } from "../bench/Processes.js"
 import { isFinalFrame } from "../src/protocol/Frames.js"
+import { mulberry32 } from "../src/util/Prng.js"
 
 // ---------------------------------------------------------------------------
 // options
@@ -128,17 +129,6 @@ const parseOptions = (argv: ReadonlyArray<string>): Options => {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-/** mulberry32: a seeded PRNG, so a run's traffic can be replayed with --seed. */
-const prng = (seed: number) => {
-  let state = seed >>> 0
-  return (): number => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296
-  }
-}
 
 const quantile = (sorted: ReadonlyArray<number>, q: number): number => {
   if (sorted.length === 0) return Number.NaN
@@ -292,7 +282,8 @@ export const memoryVerdict = (
 // the run
 
 const options = parseOptions(process.argv.slice(2))
-const random = prng(options.seed)
+// Seeded, so a run's traffic can be replayed with --seed.
+const random = mulberry32(options.seed)
 const pick = <A>(items: ReadonlyArray<readonly [A, number]>): A => {
   const total = items.reduce((sum, [, weight]) => sum + weight, 0)
   let x = random() * total

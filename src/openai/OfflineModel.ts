@@ -19,6 +19,7 @@ import {
   ValidationError
 } from "../protocol/Errors.js"
 import type { ToolCall } from "../protocol/Tools.js"
+import { mulberry32 } from "../util/Prng.js"
 import { OpenAi } from "./OpenAi.js"
 
 // ---------------------------------------------------------------------------
@@ -320,17 +321,6 @@ const fnv1a = (text: string, seed = 0x811c9dc5): number => {
   return hash
 }
 
-/** mulberry32: a tiny seeded PRNG, for texts too short to have features. */
-const mulberry32 = (seed: number) => {
-  let state = seed >>> 0
-  return (): number => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /**
  * A deterministic unit-length embedding built by hashing features into the

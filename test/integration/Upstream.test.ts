@@ -6,11 +6,11 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { createServer } from "node:net"
 import type { ClientFrame, ServerFrame } from "../../src/protocol/Frames.js"
 import { Behaviour, completion, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
 import * as TestServer from "../support/TestServer.js"
 import * as WsClient from "../support/WsClient.js"
+import { freePort } from "../support/Ports.js"
 
 const KEY = TestServer.TEST_API_KEY
 
@@ -46,18 +46,8 @@ const expectNoSecret = (frames: ReadonlyArray<ServerFrame>) => {
   expect(text).not.toContain("0123456789abcdefSECRET")
 }
 
-/** A loopback port nothing listens on: listen, read the port, close. */
-const closedPort = Effect.promise(() =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-)
+/** A loopback port nothing listens on. */
+const closedPort = Effect.promise(freePort)
 
 interface ErrorCase {
   readonly name: string
