@@ -126,13 +126,12 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
       if (error !== undefined) body.destroy()
       done(error)
     }
-    const idle = setTimeout(() => settle(idleTimeout), timeoutMillis)
+    // A slow client is not a silent model: while reading is paused the idle
+    // clock does not count (the timer re-arms itself instead of firing).
+    const idle: NodeJS.Timeout = setTimeout(() => paused > 0 ? idle.refresh() : settle(idleTimeout), timeoutMillis)
     // Reading stops while the sink or the event loop asks to wait.
     const wait = (promise: Promise<void>) => {
-      if (paused++ === 0) {
-        body.pause()
-        clearTimeout(idle)
-      }
+      if (paused++ === 0) body.pause()
       promise.then(() => {
         if (--paused === 0 && !settled) {
           idle.refresh()

@@ -469,6 +469,33 @@ describe("upstream (fake OpenAI through the openai SDK)", () => {
     }
   )
 
+  layer(
+    TestServer.layerWithFakeUpstream({ OPENAI_TIMEOUT_SECONDS: "0.5", WS_MAX_BUFFERED_BYTES: "1" }),
+    { excludeTestServices: true }
+  )("timeouts while the client is behind (WS_MAX_BUFFERED_BYTES=1: every chunk waits for the client)", (it) => {
+    it.scoped("a stream that stalls after the client caught up still times out", () =>
+      Effect.gen(function*() {
+        const fake = yield* freshFake
+        const client = yield* connect
+        fake.enqueue(Behaviour.stream(textChunks("one two three four"), { stallAfter: 2 }))
+        const frames = yield* client.request(chat("chat_completion_stream", "stall-behind"), "5 seconds")
+        expect(frames.filter(WsClient.frameOf("chat_completion_stream_chunk"))).toHaveLength(2)
+        expect(lastError(frames).data).toEqual({ category: "timeout", code: "upstream_timeout", retryable: true })
+        yield* fake.awaitAborted(1)
+      }))
+
+    it.scoped("a steady stream is delivered whole, waiting for the client at every chunk", () =>
+      Effect.gen(function*() {
+        const fake = yield* freshFake
+        const client = yield* connect
+        fake.enqueue(Behaviour.stream(textChunks("a b c d e"), { delayMs: 50 }))
+        const frames = yield* client.request(chat("chat_completion_stream", "steady-behind"), "5 seconds")
+        expect(frames.at(-1)?.type).toBe("chat_completion_stream_end")
+        expect(chunkText(frames)).toBe("a b c d e")
+      }))
+  })
+
+
   layer(TestServer.layerWithFakeUpstream({ OPENAI_MAX_RETRIES: "2" }), { excludeTestServices: true })(
     "retries (OPENAI_MAX_RETRIES=2)",
     (it) => {
