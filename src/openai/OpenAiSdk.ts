@@ -76,6 +76,7 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
     code: "internal_error",
     message: "The model provider's response could not be read as a stream"
   })
+  const streamFailed = new InternalError({ code: "internal_error", message: "The stream failed unexpectedly" })
   const cutOff = new UpstreamError({
     code: "stream_interrupted",
     message: "The model provider's stream ended before the completion finished"
@@ -162,7 +163,13 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
         chunk = decoded.right
       }
       if (!finished) finished = chunk.choices.some((choice) => choice.finish_reason !== null)
-      const full = sink(chunk)
+      let full: Promise<void> | undefined
+      try {
+        full = sink(chunk)
+      } catch {
+        // This runs in a socket's event handler: a throw must not escape it.
+        return settle(streamFailed)
+      }
       if (full !== undefined) wait(full)
     })
     body.on("data", (bytes: Buffer) => {
