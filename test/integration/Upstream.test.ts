@@ -123,6 +123,31 @@ const fakeEnv = {
   OPENAI_EMBEDDING_MODEL: "emb-test-model"
 }
 
+/** A stream that stalls after two chunks: the chunks, then a timeout error, no end frame, upstream aborted. */
+const stallTimesOut = (requestId: string) =>
+  Effect.gen(function*() {
+    const fake = yield* freshFake
+    const client = yield* connect
+    fake.enqueue(Behaviour.stream(textChunks("one two three four"), { stallAfter: 2 }))
+    const frames = yield* client.request(chat("chat_completion_stream", requestId), "5 seconds")
+    expect(frames.filter(WsClient.frameOf("chat_completion_stream_chunk"))).toHaveLength(2)
+    expect(lastError(frames).data).toEqual({ category: "timeout", code: "upstream_timeout", retryable: true })
+    expect(frames.filter(WsClient.frameOf("chat_completion_stream_end"))).toHaveLength(0)
+    // The idle timeout also lets go of the upstream request.
+    yield* fake.awaitAborted(1)
+  })
+
+/** A stream with gaps under the timeout arrives whole. */
+const steadyArrivesWhole = (requestId: string, delayMs: number) =>
+  Effect.gen(function*() {
+    const fake = yield* freshFake
+    const client = yield* connect
+    fake.enqueue(Behaviour.stream(textChunks("a b c d e"), { delayMs }))
+    const frames = yield* client.request(chat("chat_completion_stream", requestId), "5 seconds")
+    expect(frames.at(-1)?.type).toBe("chat_completion_stream_end")
+    expect(chunkText(frames)).toBe("a b c d e")
+  })
+
 describe("upstream (fake OpenAI through the openai SDK)", () => {
   layer(TestServer.layerWithFakeUpstream(fakeEnv), { excludeTestServices: true })("defaults and parameters", (it) => {
     it.scoped("a chat_completion with only messages gets the configured model, temperature and max_tokens", () =>
@@ -445,27 +470,9 @@ describe("upstream (fake OpenAI through the openai SDK)", () => {
       }
 
       it.scoped("a stream that stalls after some chunks → chunks, then a timeout error and no end frame", () =>
-        Effect.gen(function*() {
-          const fake = yield* freshFake
-          const client = yield* connect
-          fake.enqueue(Behaviour.stream(textChunks("one two three four"), { stallAfter: 2 }))
-          const frames = yield* client.request(chat("chat_completion_stream", "stall"), "5 seconds")
-          expect(frames.filter(WsClient.frameOf("chat_completion_stream_chunk"))).toHaveLength(2)
-          expect(lastError(frames).data).toEqual({ category: "timeout", code: "upstream_timeout", retryable: true })
-          expect(frames.filter(WsClient.frameOf("chat_completion_stream_end"))).toHaveLength(0)
-          // The idle timeout also lets go of the upstream request.
-          yield* fake.awaitAborted(1)
-        }))
+        stallTimesOut("stall"))
 
-      it.scoped("a slow but steady stream (gaps under the timeout) is not cut off", () =>
-        Effect.gen(function*() {
-          const fake = yield* freshFake
-          const client = yield* connect
-          fake.enqueue(Behaviour.stream(textChunks("a b c d e"), { delayMs: 100 }))
-          const frames = yield* client.request(chat("chat_completion_stream", "steady"), "5 seconds")
-          expect(frames.at(-1)?.type).toBe("chat_completion_stream_end")
-          expect(chunkText(frames)).toBe("a b c d e")
-        }))
+      it.scoped("a slow but steady stream (gaps under the timeout) is not cut off", () => steadyArrivesWhole("steady", 100))
     }
   )
 
@@ -473,28 +480,11 @@ describe("upstream (fake OpenAI through the openai SDK)", () => {
     TestServer.layerWithFakeUpstream({ OPENAI_TIMEOUT_SECONDS: "0.5", WS_MAX_BUFFERED_BYTES: "1" }),
     { excludeTestServices: true }
   )("timeouts while the client is behind (WS_MAX_BUFFERED_BYTES=1: every chunk waits for the client)", (it) => {
-    it.scoped("a stream that stalls after the client caught up still times out", () =>
-      Effect.gen(function*() {
-        const fake = yield* freshFake
-        const client = yield* connect
-        fake.enqueue(Behaviour.stream(textChunks("one two three four"), { stallAfter: 2 }))
-        const frames = yield* client.request(chat("chat_completion_stream", "stall-behind"), "5 seconds")
-        expect(frames.filter(WsClient.frameOf("chat_completion_stream_chunk"))).toHaveLength(2)
-        expect(lastError(frames).data).toEqual({ category: "timeout", code: "upstream_timeout", retryable: true })
-        yield* fake.awaitAborted(1)
-      }))
+    it.scoped("a stream that stalls after the client caught up still times out", () => stallTimesOut("stall-behind"))
 
     it.scoped("a steady stream is delivered whole, waiting for the client at every chunk", () =>
-      Effect.gen(function*() {
-        const fake = yield* freshFake
-        const client = yield* connect
-        fake.enqueue(Behaviour.stream(textChunks("a b c d e"), { delayMs: 50 }))
-        const frames = yield* client.request(chat("chat_completion_stream", "steady-behind"), "5 seconds")
-        expect(frames.at(-1)?.type).toBe("chat_completion_stream_end")
-        expect(chunkText(frames)).toBe("a b c d e")
-      }))
+      steadyArrivesWhole("steady-behind", 50))
   })
-
 
   layer(TestServer.layerWithFakeUpstream({ OPENAI_MAX_RETRIES: "2" }), { excludeTestServices: true })(
     "retries (OPENAI_MAX_RETRIES=2)",
