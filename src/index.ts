@@ -16,6 +16,8 @@ export * as DotEnv from "./config/DotEnv.js"
 export * as Logging from "./config/Logging.js"
 
 // services
+export { Database, DatabaseError, type DatabaseOptions, type DatabaseShape } from "./db/Database.js"
+export { Ledger, type LedgerOptions, type LedgerStats } from "./ledger/Ledger.js"
 export { ConnectionRefused, Hub, type Membership, type Stats, type Transport } from "./hub/Hub.js"
 export * as OfflineModel from "./openai/OfflineModel.js"
 export { OpenAi } from "./openai/OpenAi.js"

@@ -78,6 +78,15 @@ const config = Config.all({
     Config.withDefault(Redacted.make("")),
     Config.map((tokens) => commaList(Redacted.value(tokens)).map(Redacted.make))
   ),
+  /** Tokens that also see every principal's usage; they are accepted wherever AUTH_TOKENS are. */
+  adminTokens: Config.redacted("ADMIN_TOKENS").pipe(
+    Config.withDefault(Redacted.make("")),
+    Config.map((tokens) => commaList(Redacted.value(tokens)).map(Redacted.make))
+  ),
+  /** The key of the principal ids in the ledger (see ledger/Principal). */
+  principalSecret: Config.option(Config.redacted("PRINCIPAL_SECRET")).pipe(
+    Config.map(Option.filter((secret) => Redacted.value(secret).length > 0))
+  ),
   limits: Config.all({
     maxMessageBytes: withDefault("WS_MAX_MESSAGE_BYTES", PositiveInt, 1024 * 1024),
     maxInFlight: withDefault("WS_MAX_IN_FLIGHT", PositiveInt, 32),
@@ -92,15 +101,6 @@ const config = Config.all({
     level: withDefault("LOG_LEVEL", LogLevelName, "info").pipe(Config.map((name) => logLevels[name])),
     format: withDefault("LOG_FORMAT", Schema.Literal("pretty", "json"), "pretty")
   }),
-  // Reserved for the persistence work; read so that a typo shows up early.
-  db: Config.all({
-    type: Config.string("DB_TYPE").pipe(Config.withDefault("sqlite")),
-    host: Config.string("DB_HOST").pipe(Config.withDefault("localhost")),
-    port: withDefault("DB_PORT", Port, 5432),
-    name: Config.string("DB_NAME").pipe(Config.withDefault("aibase")),
-    user: Config.string("DB_USER").pipe(Config.withDefault("")),
-    password: Config.redacted("DB_PASSWORD").pipe(Config.withDefault(Redacted.make("")))
-  })
 }).pipe(
   Config.mapOrFail(({ providerChoice, ...rest }) =>
     resolveProvider(providerChoice, Option.isSome(rest.openai.apiKey)).pipe(

@@ -5,9 +5,11 @@
  * HttpRouter, and replace any service (OpenAi, ToolRegistry, Hub) with its own.
  */
 import { HttpLayerRouter, HttpServer } from "@effect/platform"
-import { Effect, Layer } from "effect"
+import { type ConfigError, Effect, Layer } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
+import { Database, type DatabaseError } from "../db/Database.js"
 import { Hub } from "../hub/Hub.js"
+import { Ledger } from "../ledger/Ledger.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import * as Provider from "../openai/Provider.js"
 import * as Handlers from "../rpc/Handlers.js"
@@ -17,14 +19,16 @@ import * as Auth from "./Auth.js"
 import * as HttpRoutes from "./HttpRoutes.js"
 import * as NodeServer from "./NodeServer.js"
 import * as RpcRoute from "./RpcRoute.js"
+import * as UsageRoute from "./UsageRoute.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 import * as WsRoute from "./WsRoute.js"
 
 /**
- * Every AIBase route (/ws, /rpc, /health, /info) plus the auth middleware,
- * for an HttpRouter. Needs AppConfig, Hub, OpenAi and ToolRegistry.
+ * Every AIBase route (/ws, /rpc, /health, /info, /usage) plus the auth
+ * middleware, for an HttpRouter. Needs AppConfig, Hub, OpenAi, ToolRegistry,
+ * Database and Ledger.
  */
-export const routes = Layer.mergeAll(WsRoute.layer, RpcRoute.layer, HttpRoutes.layer, Auth.layer).pipe(
+export const routes = Layer.mergeAll(WsRoute.layer, RpcRoute.layer, HttpRoutes.layer, UsageRoute.layer, Auth.layer).pipe(
   Layer.provide([Handlers.layer, WebSocketUpgrade.layer])
 )
 
@@ -33,11 +37,26 @@ export const layerTools: Layer.Layer<ToolRegistry, never, AppConfig> = BuiltinTo
   Layer.provideMerge(ToolRegistry.layer)
 )
 
-/** The default services: Hub, the tools, and the provider chosen by LLM_PROVIDER. */
-export const layerServices: Layer.Layer<Hub | ToolRegistry | OpenAi, never, AppConfig> = Layer.mergeAll(
+/** The database chosen by DB_TYPE and the request ledger written to it. */
+export const layerLedger: Layer.Layer<Ledger | Database, DatabaseError | ConfigError.ConfigError> = Ledger.layerConfig.pipe(
+  Layer.provideMerge(Database.layerConfig)
+)
+
+/** No database: nothing is recorded and /usage answers 404 (what DB_TYPE=none gives). */
+export const layerNoLedger: Layer.Layer<Ledger | Database> = Ledger.layer().pipe(
+  Layer.provideMerge(Layer.orDie(Database.layer({ type: "none" })))
+)
+
+/** The default services: Hub, the tools, the provider chosen by LLM_PROVIDER, the database and the ledger. */
+export const layerServices: Layer.Layer<
+  Hub | ToolRegistry | OpenAi | Ledger | Database,
+  DatabaseError | ConfigError.ConfigError,
+  AppConfig
+> = Layer.mergeAll(
   Hub.layer,
   layerTools,
-  Provider.layer
+  Provider.layer,
+  layerLedger
 )
 
 /** The Node HTTP server on SERVER_HOST:SERVER_PORT. */
@@ -94,7 +113,7 @@ const logStartup = Layer.effectDiscard(Effect.gen(function*() {
 export const withGracefulShutdown = <A, E, R>(served: Layer.Layer<A, E, R>) =>
   layerGracefulShutdown.pipe(Layer.provideMerge(served))
 
-/** The server with its routes; needs AppConfig, Hub, OpenAi and ToolRegistry. */
+/** The server with its routes; needs AppConfig and the services (see `layerServices`). */
 export const layerServer = withGracefulShutdown(
   HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })
 ).pipe(

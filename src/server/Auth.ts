@@ -1,13 +1,14 @@
 /**
- * Bearer-token authentication. With AUTH_TOKENS set, every endpoint except
+ * Bearer-token authentication. With AUTH_TOKENS (or ADMIN_TOKENS) set, every endpoint except
  * /health needs `Authorization: Bearer TOKEN` or `?token=TOKEN` (browsers
  * cannot set headers on a WebSocket). Tokens are compared in constant time
  * and never logged.
  */
 import { HttpLayerRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Effect, Redacted } from "effect"
+import { Effect, Option, Redacted } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { AppConfig } from "../config/AppConfig.js"
+import { AppConfig, type AppConfigShape } from "../config/AppConfig.js"
+import * as Principal from "../ledger/Principal.js"
 
 /** Paths that stay open with auth on, so that load balancers can probe them. */
 const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/health"])
@@ -26,6 +27,28 @@ export const makeChecker = (tokens: ReadonlyArray<Redacted.Redacted<string>>) =>
     let ok = false
     for (const token of expected) ok = timingSafeEqual(token, candidate) || ok
     return ok
+  }
+}
+
+/** Who may call, who may see everyone's usage, and whom a token stands for. */
+export interface Policy {
+  /** Whether tokens are checked (AUTH_TOKENS or ADMIN_TOKENS set). */
+  readonly required: boolean
+  readonly check: (token: string | undefined) => boolean
+  readonly isAdmin: (token: string | undefined) => boolean
+  /** The ledger's principal for a caller's token: `anonymous` when auth is off. */
+  readonly principalOf: (token: string | undefined) => string
+}
+
+export const makePolicy = (config: AppConfigShape): Policy => {
+  const accepted = [...config.authTokens, ...config.adminTokens]
+  const required = accepted.length > 0
+  const principal = Principal.make(Option.getOrUndefined(config.principalSecret))
+  return {
+    required,
+    check: makeChecker(accepted),
+    isAdmin: makeChecker(config.adminTokens),
+    principalOf: (token) => required ? principal(token) : Principal.ANONYMOUS
   }
 }
 
@@ -54,13 +77,11 @@ const unauthorized = HttpServerResponse.unsafeJson(unauthorizedBody, {
 /** Global middleware enforcing AUTH_TOKENS; a no-op when none are configured. */
 export const layer = HttpLayerRouter.middleware(
   Effect.gen(function*() {
-    const config = yield* AppConfig
-    const check = makeChecker(config.authTokens)
-    const open = config.authTokens.length === 0
+    const policy = makePolicy(yield* AppConfig)
     return (httpEffect) =>
-      open ? httpEffect : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+      !policy.required ? httpEffect : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
         const path = new URL(request.url, "http://localhost").pathname
-        return PUBLIC_PATHS.has(path) || check(presentedToken(request)) ? httpEffect : Effect.succeed(unauthorized)
+        return PUBLIC_PATHS.has(path) || policy.check(presentedToken(request)) ? httpEffect : Effect.succeed(unauthorized)
       })
   }),
   { global: true }

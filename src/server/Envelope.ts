@@ -13,6 +13,9 @@ import { CANCEL, CANCEL_RESPONSE, CancelResponse, ErrorFrame, errorFrame, Reques
 import { jsonDepthExceeds, MAX_JSON_DEPTH, tooDeep } from "../protocol/JsonDepth.js"
 import { type AiBaseRpc, AiBaseRpcs, PLAIN_EVENTS, type WireName, WireNames } from "../protocol/Rpcs.js"
 import { validationError } from "../protocol/Validation.js"
+import { Ledger, RECORDED_RPCS } from "../ledger/Ledger.js"
+import * as RequestRecord from "../ledger/RequestRecord.js"
+import type { Caller } from "../ledger/RequestRecord.js"
 import { PushHandlers, type StreamEvent } from "../rpc/Handlers.js"
 
 /**
@@ -25,7 +28,7 @@ export type Emit = (frame: string, final: boolean) => Promise<void> | undefined
 export interface Route {
   readonly type: string
   /** Decodes the payload, runs the request to completion and emits its frames. */
-  readonly run: (requestId: string, payload: unknown, emit: Emit) => Effect.Effect<void, AiBaseError>
+  readonly run: (requestId: string, payload: unknown, emit: Emit, caller: Caller) => Effect.Effect<void, AiBaseError>
 }
 
 export interface Envelope {
@@ -61,10 +64,11 @@ const awaitEmit = (wait: Promise<void> | undefined): Effect.Effect<void> =>
   wait === undefined ? Effect.void : Effect.promise(() => wait)
 
 /** Builds the routes from the group; needs the group's handlers (and their push forms) in context. */
-export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | PushHandlers> = Effect.gen(function*() {
+export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | PushHandlers | Ledger> = Effect.gen(function*() {
   const routes = new Map<string, Route>()
   const context = yield* Effect.context<Rpc.ToHandler<AiBaseRpc>>()
   const pushHandlers = yield* PushHandlers
+  const ledger = yield* Ledger
   for (const rpc of AiBaseRpcs.requests.values()) {
     const names: WireName = WireNames[rpc._tag]
     const invoke = handlerOf(context, rpc.key)
@@ -125,7 +129,7 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
           }
         })
     }
-    routes.set(names.request, { type: names.request, run })
+    routes.set(names.request, { type: names.request, run: RECORDED_RPCS.has(rpc._tag) ? recorded(ledger, names.request, run) : run })
   }
 
   const known = [...routes.keys(), CANCEL].join(", ")
@@ -166,6 +170,16 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
     encodeCancelResponse: (requestId, data) => frame(CANCEL_RESPONSE, requestId, data)
   }
 })
+
+/** A route whose requests go into the ledger, from start to exit. */
+const recorded = (ledger: Ledger["Type"], type: string, run: Route["run"]): Route["run"] =>
+(requestId, payload, emit, caller) => {
+  const record = ledger.begin(requestId, type, caller)
+  return run(requestId, payload, emit, caller).pipe(
+    Effect.locally(RequestRecord.current, record),
+    Effect.onExit((exit) => Effect.sync(() => ledger.finish(record, exit)))
+  )
+}
 
 /** Carries a Schema failure out of a synchronous sink. */
 class EncodingFailure {

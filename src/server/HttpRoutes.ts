@@ -5,7 +5,9 @@ import { HttpLayerRouter, HttpServerResponse } from "@effect/platform"
 import { Clock, Duration, Effect, Layer, Schema } from "effect"
 import { createRequire } from "node:module"
 import { AppConfig } from "../config/AppConfig.js"
+import { Database } from "../db/Database.js"
 import { Hub } from "../hub/Hub.js"
+import { Ledger } from "../ledger/Ledger.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import { WireNames } from "../protocol/Rpcs.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
@@ -25,7 +27,7 @@ export const publicUrl = (url: string): string => {
   return parsed.href.replace(/\/+$/, "")
 }
 
-export const Endpoints = { websocket: "/ws", rpc: "/rpc", health: "/health", info: "/info" } as const
+export const Endpoints = { websocket: "/ws", rpc: "/rpc", health: "/health", info: "/info", usage: "/usage" } as const
 
 /** Both routes, registered on the application's HttpRouter. */
 export const layer = Layer.effectDiscard(Effect.gen(function*() {
@@ -34,6 +36,8 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const hub = yield* Hub
   const openai = yield* OpenAi
   const registry = yield* ToolRegistry
+  const database = yield* Database
+  const ledger = yield* Ledger
   const startedAt = yield* Clock.currentTimeMillis
 
   yield* router.add(
@@ -83,7 +87,9 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
           tool_timeout_seconds: Duration.toSeconds(config.toolTimeout),
           shutdown_grace_seconds: Duration.toSeconds(config.server.shutdownGrace)
         },
-        auth_required: config.authTokens.length > 0,
+        // The type only: a location could carry credentials.
+        database: { type: database.type, usage_recorded: ledger.enabled, store_content: ledger.storesContent },
+        auth_required: config.authTokens.length + config.adminTokens.length > 0,
         endpoints: Endpoints,
         request_types: [...Object.values(WireNames).map((names) => names.request), "cancel"],
         tools: tools.map((tool) => tool.name),

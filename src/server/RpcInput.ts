@@ -120,6 +120,25 @@ export const checkMessage = (message: unknown): object | Rejected | undefined =>
 }
 
 /**
+ * The header that carries a request's id to its handler and middleware
+ * (RpcServer passes them headers, not the id). Set by the server; a value
+ * the client sent under this name is replaced.
+ */
+export const REQUEST_ID_HEADER = "x-aibase-request-id"
+
+const withRequestIdHeader = (message: object, id: string): object => {
+  const headers: unknown = "headers" in message ? message.headers : undefined
+  const pairs: Array<readonly [string, string]> = []
+  if (Array.isArray(headers)) {
+    for (const pair of headers) if (Array.isArray(pair) && pair[0] !== REQUEST_ID_HEADER) pairs.push([String(pair[0]), String(pair[1])])
+  } else if (typeof headers === "object" && headers !== null) {
+    for (const [name, value] of Object.entries(headers)) if (name !== REQUEST_ID_HEADER) pairs.push([name, String(value)])
+  }
+  pairs.push([REQUEST_ID_HEADER, id])
+  return { ...message, headers: pairs }
+}
+
+/**
  * The id of a request RpcServer will answer with an Exit (one whose tag it
  * serves), or undefined.
  */
@@ -164,6 +183,8 @@ export const makeSerialization = (tags: ReadonlySet<string>): RpcSerialization.R
             if (id !== undefined) {
               if (inFlight.has(id)) throw new UnreadableFrame(`Request id ${id} is already in flight on this connection`)
               inFlight.add(id)
+              checked.push(withRequestIdHeader(result, id))
+              continue
             }
             checked.push(result)
           }

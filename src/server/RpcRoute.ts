@@ -13,14 +13,17 @@
  * their Schema become typed `invalid_payload` errors (see RpcInput): no frame
  * closes the connection.
  */
-import { HttpLayerRouter, Socket, SocketServer } from "@effect/platform"
+import { type Headers, HttpLayerRouter, Socket, SocketServer } from "@effect/platform"
 import { RpcMiddleware, RpcServer } from "@effect/rpc"
-import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Runtime, Schedule } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberRef, Layer, Runtime, Schedule } from "effect"
 import type { WebSocket } from "ws"
 import { AppConfig } from "../config/AppConfig.js"
 import { Hub, isShutdown, stoppedAtShutdown } from "../hub/Hub.js"
 import { AiBaseError, OverloadedError } from "../protocol/Errors.js"
-import { AiBaseRpcs } from "../protocol/Rpcs.js"
+import { AiBaseRpcs, WireNames } from "../protocol/Rpcs.js"
+import { INSTANCE, Ledger, RECORDED_RPCS } from "../ledger/Ledger.js"
+import * as RequestRecord from "../ledger/RequestRecord.js"
+import type { Caller } from "../ledger/RequestRecord.js"
 import * as Handlers from "../rpc/Handlers.js"
 import * as RpcInput from "./RpcInput.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
@@ -33,10 +36,23 @@ export class RequestGuard extends RpcMiddleware.Tag<RequestGuard>()("aibase/Requ
   failure: AiBaseError
 }) {}
 
+/**
+ * Who is on the connection a request came in on. Set on the fiber that
+ * serves the socket; RpcServer runs each request with that fiber's
+ * FiberRefs, so the guard reads it per request.
+ */
+const currentCaller = FiberRef.unsafeMake<Caller | undefined>(undefined)
+
+/** The /ws name of each Rpc the ledger records, by tag. */
+const recordedTypes: ReadonlyMap<string, string> = new Map(
+  [...RECORDED_RPCS].map((tag) => [tag, WireNames[tag].request])
+)
+
 const layerRequestGuard = Layer.effect(
   RequestGuard,
   Effect.gen(function*() {
     const hub = yield* Hub
+    const ledger = yield* Ledger
     const { maxInFlight } = (yield* AppConfig).limits
     const inFlight = new Map<number, number>()
     const overloaded = new OverloadedError({
@@ -55,12 +71,28 @@ const layerRequestGuard = Layer.effect(
     // request is interrupted (the client's Interrupt, a disconnect), the
     // child is interrupted and awaited before the slot is given back. All
     // but the two `restore`d parts is uninterruptible, so the slot cannot leak.
-    return RequestGuard.of(({ clientId, next }) =>
+    /** The request, in the ledger when its type is recorded. */
+    const recorded = <A, E, R>(
+      request: Effect.Effect<A, E, R>,
+      tag: string,
+      headers: Headers.Headers
+    ): Effect.Effect<A, E, R> => {
+      const type = recordedTypes.get(tag)
+      if (type === undefined) return request
+      return Effect.flatMap(FiberRef.get(currentCaller), (caller) => {
+        const record = ledger.begin(headers[RpcInput.REQUEST_ID_HEADER] ?? "", type, caller ?? RequestRecord.inProcess)
+        return request.pipe(
+          Effect.locally(RequestRecord.current, record),
+          Effect.onExit((exit) => Effect.sync(() => ledger.finish(record, exit)))
+        )
+      })
+    }
+    return RequestGuard.of(({ clientId, headers, next, rpc }) =>
       Effect.uninterruptibleMask((restore) => {
         const count = inFlight.get(clientId) ?? 0
         if (count >= maxInFlight) return Effect.fail(overloaded)
         inFlight.set(clientId, count + 1)
-        return Effect.flatMap(Effect.fork(restore(hub.track(next))), (child) =>
+        return Effect.flatMap(Effect.fork(restore(recorded(hub.track(next), rpc._tag, headers))), (child) =>
           Effect.matchCauseEffect(restore(Fiber.await(child)), {
             // Awaiting cannot fail: this is the request being interrupted.
             onFailure: (cause) =>
@@ -125,7 +157,7 @@ const route = Layer.scopedDiscard(Effect.gen(function*() {
   const sockets = yield* RpcSockets
   const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
-  const serve = (raw: WebSocket) =>
+  const serve = (raw: WebSocket, caller: Caller) =>
     Effect.gen(function*() {
       const socket = yield* Socket.fromWebSocket(
         // ws implements the WHATWG WebSocket interface the platform Socket expects.
@@ -133,7 +165,7 @@ const route = Layer.scopedDiscard(Effect.gen(function*() {
         { closeCodeIsError: () => false }
       )
       yield* dropWhenNotReading(raw, limits.maxBufferedBytes, server.writeTimeout).pipe(Effect.forkScoped)
-      yield* sockets.serve(socket)
+      yield* sockets.serve(socket).pipe(Effect.locally(currentCaller, caller))
     }).pipe(
       Effect.scoped,
       // The RPC server only stops serving an open socket when it failed.
@@ -142,9 +174,9 @@ const route = Layer.scopedDiscard(Effect.gen(function*() {
       }))
     )
 
-  yield* upgrader.endpoint(PATH, "rpc", (raw, membership) => {
+  yield* upgrader.endpoint(PATH, "rpc", (raw, membership, principal) => {
     membership.onShutdown(Effect.sync(() => raw.close(1001, "server shutting down")))
-    runFork(serve(raw))
+    runFork(serve(raw, { transport: "rpc", connectionId: `${INSTANCE}/${membership.id}`, principal }))
   })
   yield* router.add("GET", PATH, upgrader.route(PATH))
 }))

@@ -77,8 +77,11 @@ const writeRejection = (socket: Duplex, rejection: Rejection): void => {
 const asResponse = (rejection: Rejection) =>
   HttpServerResponse.unsafeJson(rejection.body, { status: rejection.status, headers: rejection.headers })
 
-/** Serves one upgraded connection; it owns the socket until the socket closes. */
-export type Serve = (ws: WebSocket, membership: Membership) => void
+/**
+ * Serves one upgraded connection; it owns the socket until the socket
+ * closes. `principal` is whom the connection's token stands for (see Auth).
+ */
+export type Serve = (ws: WebSocket, membership: Membership, principal: string) => void
 
 interface Endpoint {
   readonly transport: Transport
@@ -103,8 +106,7 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
   static readonly make = Effect.gen(function*() {
     const config = yield* AppConfig
     const hub = yield* Hub
-    const authorized = Auth.makeChecker(config.authTokens)
-    const authRequired = config.authTokens.length > 0
+    const auth = Auth.makePolicy(config)
     const endpoints = new Map<string, Endpoint>()
     const server = yield* Effect.acquireRelease(
       Effect.sync(() =>
@@ -135,7 +137,13 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
     yield* beat.pipe(Effect.delay(config.limits.pingInterval), Effect.forever, Effect.forkScoped)
 
     /** Admits and upgrades; auth has been checked. Returns the rejection instead when there is one. */
-    const accept = (endpoint: Endpoint, request: IncomingMessage, socket: Duplex, head: Buffer): Rejection | undefined => {
+    const accept = (
+      endpoint: Endpoint,
+      request: IncomingMessage,
+      socket: Duplex,
+      head: Buffer,
+      principal: string
+    ): Rejection | undefined => {
       const problem = upgradeProblem(request.method, request.headers)
       if (problem !== undefined) return notUpgradable(problem)
       const admitted = hub.unsafeConnect(endpoint.transport)
@@ -152,7 +160,7 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
         })
         heartbeat.set(ws, state)
         ws.once("close", () => heartbeat.delete(ws))
-        endpoint.serve(ws, membership)
+        endpoint.serve(ws, membership, principal)
       })
       return undefined
     }
@@ -166,9 +174,10 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
     const handle = (request: IncomingMessage, socket: Duplex, head: Buffer): boolean => {
       const endpoint = endpoints.get(pathOf(request.url))
       if (endpoint === undefined) return false
-      const rejection = authRequired && !authorized(Auth.tokenOf(request.headers["authorization"], request.url))
+      const token = auth.required ? Auth.tokenOf(request.headers["authorization"], request.url) : undefined
+      const rejection = auth.required && !auth.check(token)
         ? unauthorized
-        : accept(endpoint, request, socket, head)
+        : accept(endpoint, request, socket, head, auth.principalOf(token))
       if (rejection !== undefined) writeRejection(socket, rejection)
       return true
     }
@@ -186,7 +195,7 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
         if (endpoint === undefined) return HttpServerResponse.empty({ status: 404 })
         const incoming = NodeHttpServerRequest.toIncomingMessage(request)
         // Clients wait for the 101 before sending frames, so there is no head to pass on.
-        const rejection = accept(endpoint, incoming, incoming.socket, EMPTY_HEAD)
+        const rejection = accept(endpoint, incoming, incoming.socket, EMPTY_HEAD, auth.principalOf(Auth.presentedToken(request)))
         if (rejection !== undefined) return asResponse(rejection)
         // The platform writes this handler's response when it returns; by then
         // the socket belongs to ws, so return only once it has closed.

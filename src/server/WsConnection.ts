@@ -29,6 +29,7 @@ import {
 } from "../protocol/Errors.js"
 import { CancelRequest } from "../protocol/Frames.js"
 import { validationError } from "../protocol/Validation.js"
+import { type Caller, DisconnectFiberId } from "../ledger/RequestRecord.js"
 import type { Emit, Envelope, Incoming, Route } from "./Envelope.js"
 
 export interface Limits {
@@ -66,8 +67,6 @@ const refusedAtShutdown = new UnavailableError({
   message: "The server is shutting down; retry on a new connection shortly"
 })
 const binaryFrame = new ValidationError({ code: "binary_frame", message: "Send requests as JSON text frames" })
-/** Interrupts requests when their client has gone. */
-const disconnectId = FiberId.make(-1002, 0)
 
 /**
  * The net socket under a ws socket. ws keeps it private (`_socket`); corking
@@ -80,7 +79,7 @@ export const underlyingSocket = (ws: WebSocket): Duplex | undefined => {
 }
 
 /** Serves the envelope protocol on an upgraded socket until it closes. */
-export const serve = (ws: WebSocket, membership: Membership, options: Options): void => {
+export const serve = (ws: WebSocket, membership: Membership, caller: Caller, options: Options): void => {
   const { envelope, fork, hub, limits } = options
   const requests = new Map<string, InFlight>()
   const socket = underlyingSocket(ws)
@@ -180,7 +179,7 @@ export const serve = (ws: WebSocket, membership: Membership, options: Options): 
     }
     // The entry goes in first: a request can finish synchronously inside fork.
     requests.set(requestId, entry)
-    const fiber = fork(route.run(requestId, incoming.payload, emit))
+    const fiber = fork(route.run(requestId, incoming.payload, emit, caller))
     const exit = fiber.unsafePoll()
     if (exit !== null) return settle(exit)
     entry.fiber = fiber
@@ -248,7 +247,7 @@ export const serve = (ws: WebSocket, membership: Membership, options: Options): 
   ws.once("close", () => {
     closed = true
     if (drained !== undefined) onFlushed()
-    for (const entry of requests.values()) entry.fiber?.unsafeInterruptAsFork(disconnectId)
+    for (const entry of requests.values()) entry.fiber?.unsafeInterruptAsFork(DisconnectFiberId)
   })
 
   // Server shutdown: the Hub has already stopped what still ran (their error

@@ -5,6 +5,7 @@ import { HttpLayerRouter } from "@effect/platform"
 import { Effect, Layer, Runtime } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { Hub } from "../hub/Hub.js"
+import { INSTANCE } from "../ledger/Ledger.js"
 import * as Envelope from "./Envelope.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 import * as WsConnection from "./WsConnection.js"
@@ -39,6 +40,7 @@ export const layer = Layer.scopedDiscard(Effect.gen(function*() {
     }
   }
 
-  yield* upgrader.endpoint(PATH, "ws", (ws, membership) => WsConnection.serve(ws, membership, options))
+  yield* upgrader.endpoint(PATH, "ws", (ws, membership, principal) =>
+    WsConnection.serve(ws, membership, { transport: "ws", connectionId: `${INSTANCE}/${membership.id}`, principal }, options))
   yield* router.add("GET", PATH, upgrader.route(PATH))
 }))

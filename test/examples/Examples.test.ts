@@ -34,7 +34,8 @@ const exampleEnv = (env: Record<string, string>): NodeJS.ProcessEnv => {
     OPENAI_BASE_URL: _url,
     ...inherited
   } = process.env
-  return { ...inherited, ...env }
+  // The examples keep nothing: no ledger file in the checkout.
+  return { ...inherited, DB_TYPE: "none", ...env }
 }
 
 /** Starts an example; it is killed when the scope closes, if it is still running. */

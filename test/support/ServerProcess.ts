@@ -33,7 +33,7 @@ export const start = (options: StartOptions = {}): Promise<ServerProcess> =>
     const { AUTH_TOKENS: _tokens, OPENAI_API_KEY: _key, OPENAI_BASE_URL: _url, ...inherited } = process.env
     const child = spawn(process.execPath, ["--import", "tsx", options.script ?? "src/main.ts"], {
       cwd: repoRoot,
-      env: { ...inherited, SERVER_HOST: "127.0.0.1", SERVER_PORT: "0", LOG_FORMAT: "json", ...options.env },
+      env: { ...inherited, SERVER_HOST: "127.0.0.1", SERVER_PORT: "0", LOG_FORMAT: "json", DB_TYPE: "none", ...options.env },
       stdio: ["ignore", "pipe", "pipe"]
     })
     const exited = new Promise<number | null>((done) => child.once("exit", (code) => done(code)))

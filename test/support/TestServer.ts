@@ -4,7 +4,7 @@
  * the test.
  */
 import { HttpServer } from "@effect/platform"
-import { Effect, Layer } from "effect"
+import { ConfigProvider, Effect, Layer } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
 import * as Logging from "../../src/config/Logging.js"
 import { Hub } from "../../src/hub/Hub.js"
@@ -26,19 +26,26 @@ export interface Options {
  * The server with the given tools layer (which may provide test services
  * too); its output includes HttpServer (for the port) and the services.
  */
-export const withTools = <Tools>(tools: Layer.Layer<Tools, never, AppConfig>, options: Options = {}) =>
-  AiBaseServer.layerServer.pipe(
+export const withTools = <Tools>(tools: Layer.Layer<Tools, never, AppConfig>, options: Options = {}) => {
+  const env = {
+    SERVER_HOST: "127.0.0.1",
+    SERVER_PORT: "0",
+    OFFLINE_WORD_DELAY_MS: "0",
+    LOG_LEVEL: "error",
+    // Tests that look at the ledger choose their own database.
+    DB_TYPE: "none",
+    ...options.env
+  }
+  return AiBaseServer.layerServer.pipe(
     Layer.provideMerge(Layer.mergeAll(Hub.layer, tools, options.openai ?? OfflineModel.layer)),
+    Layer.provideMerge(AiBaseServer.layerLedger.pipe(
+      Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
+    )),
     Layer.provide(Logging.layer),
-    Layer.provideMerge(AppConfig.layerFromEnv({
-      SERVER_HOST: "127.0.0.1",
-      SERVER_PORT: "0",
-      OFFLINE_WORD_DELAY_MS: "0",
-      LOG_LEVEL: "error",
-      ...options.env
-    })),
+    Layer.provideMerge(AppConfig.layerFromEnv(env)),
     Layer.orDie
   )
+}
 
 /** The server with the built-in tools. */
 export const layer = (options: Options = {}) => withTools(AiBaseServer.layerTools, options)
