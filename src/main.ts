@@ -7,6 +7,7 @@ import { Cause, ConfigError, Console, Effect, Layer, Option } from "effect"
 import { AppConfig } from "./config/AppConfig.js"
 import * as DotEnv from "./config/DotEnv.js"
 import * as Logging from "./config/Logging.js"
+import { DatabaseError } from "./db/Database.js"
 import * as AiBaseServer from "./server/AiBaseServer.js"
 
 const App = AiBaseServer.layer.pipe(
@@ -19,6 +20,8 @@ const App = AiBaseServer.layer.pipe(
 const describe = (error: unknown): string =>
   ConfigError.isConfigError(error)
     ? `Invalid configuration: ${String(error).replace(/^\(|\)$/g, "")}`
+    : error instanceof DatabaseError
+    ? error.message
     : error instanceof HttpServerError.ServeError
     ? `Could not start the HTTP server: ${String(error.cause)}`
     : String(error)

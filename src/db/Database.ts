@@ -195,8 +195,14 @@ export class Database extends Context.Tag("aibase/Database")<Database, DatabaseS
           }
           // Not required: start now, connect (and migrate) in the background.
           const ready = yield* Deferred.make<SqlClient.SqlClient>()
+          let attempts = 0
           yield* open.pipe(
-            Effect.tapError((error) => Effect.logWarning(`${error.message}; retrying in the background`)),
+            // The first failure is news; the retries that follow are not.
+            Effect.tapError((error) =>
+              ++attempts === 1
+                ? Effect.logWarning(`${error.message}; usage is buffered meanwhile, retrying in the background`)
+                : Effect.logDebug(error.message)
+            ),
             Effect.retry(reconnect),
             Effect.flatMap((client) => Deferred.succeed(ready, client)),
             Effect.zipRight(Effect.logInfo(`Connected to PostgreSQL at ${location}`)),

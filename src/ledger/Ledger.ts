@@ -115,11 +115,13 @@ export class Ledger extends Context.Tag("aibase/Ledger")<Ledger, LedgerShape>() 
       let dropped = 0
       let droppedUnreported = 0
       const wake = yield* Effect.makeLatch(false)
+      const overflowed = yield* Effect.makeLatch(false)
 
       const finish = (record: RequestRecord, exit: Exit.Exit<unknown, unknown>): void => {
         if (buffer.length >= bufferSize) {
           dropped++
           droppedUnreported++
+          overflowed.unsafeOpen()
         } else {
           buffer.push(rowOf(record, exit))
         }
@@ -150,11 +152,11 @@ export class Ledger extends Context.Tag("aibase/Ledger")<Ledger, LedgerShape>() 
 
       let failing = false
       const writer = Effect.gen(function*() {
-        const sql = yield* client
         while (true) {
           yield* wake.await
           yield* wake.close
-          yield* reportDropped
+          // Waits here while a database that was not required at startup is still unreachable.
+          const sql = yield* client
           yield* flushWith(sql).pipe(
             Effect.tapError((error) => {
               if (failing) return Effect.void
@@ -173,14 +175,26 @@ export class Ledger extends Context.Tag("aibase/Ledger")<Ledger, LedgerShape>() 
         }
       })
 
-      const fiber = yield* Effect.forkDaemon(writer)
+      // Drops are reported on their own fiber (the writer may be waiting for the
+      // database), at most one warning a second.
+      const reporter = Effect.forever(
+        overflowed.await.pipe(
+          Effect.zipRight(overflowed.close),
+          Effect.zipRight(reportDropped),
+          Effect.zipRight(Effect.sleep(Duration.seconds(1)))
+        )
+      )
+
+      const fiber = yield* Effect.forkDaemon(Effect.all([writer, reporter], { concurrency: 2, discard: true }))
       yield* Effect.addFinalizer(() =>
         Effect.gen(function*() {
           yield* Fiber.interrupt(fiber)
           yield* reportDropped
           if (buffer.length === 0) return
+          // Finalizers are uninterruptible: the timeout must be able to stop a write that hangs.
           const flushed = yield* client.pipe(
             Effect.flatMap(flushWith),
+            Effect.interruptible,
             Effect.timeoutOption(flushTimeout),
             Effect.either
           )
