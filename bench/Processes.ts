@@ -30,6 +30,8 @@ export interface SpawnOptions {
   /** Relative to the repository (or absolute). `.ts` runs through tsx. */
   readonly script: string
   readonly env: Record<string, string>
+  /** Node options before the script (such as `--cpu-prof`, which NODE_OPTIONS does not accept). */
+  readonly nodeArgs?: ReadonlyArray<string>
   /** Raise the soft (and, as root, hard) open-files limit to this with `ulimit -n` before exec. */
   readonly fdLimit?: number
   /**
@@ -49,8 +51,26 @@ const killAll = () => {
 }
 process.once("exit", killAll)
 
-/** Environment variables of the developer's that must not leak into a benchmarked server. */
-const scrubbed = new Set(["OPENAI_API_KEY", "OPENAI_BASE_URL", "AUTH_TOKENS", "LLM_PROVIDER"])
+/**
+ * Environment variables of the developer's that must not leak into a
+ * benchmarked server (the bench chooses its database; `--aibase-env` sets one).
+ */
+const scrubbed = new Set([
+  "OPENAI_API_KEY",
+  "OPENAI_BASE_URL",
+  "AUTH_TOKENS",
+  "ADMIN_TOKENS",
+  "LLM_PROVIDER",
+  "DB_TYPE",
+  "DB_NAME",
+  "DATABASE_URL",
+  "DB_HOST",
+  "DB_PORT",
+  "DB_USER",
+  "DB_PASSWORD",
+  "DB_MAX_CONNECTIONS",
+  "DB_REQUIRED"
+])
 
 /** A free TCP port on 127.0.0.1 (released before the child binds it). */
 export { freePort } from "../test/support/Ports.js"
@@ -77,7 +97,10 @@ export const spawnNode = (options: SpawnOptions): Promise<Proc> => {
   for (const [key, value] of Object.entries(process.env)) {
     if (value !== undefined && !scrubbed.has(key)) inherited[key] = value
   }
-  const nodeArgs = options.script.endsWith(".ts") ? ["--import", "tsx", options.script] : [options.script]
+  const nodeArgs = [
+    ...(options.nodeArgs ?? []),
+    ...(options.script.endsWith(".ts") ? ["--import", "tsx", options.script] : [options.script])
+  ]
   const [command, args] = options.fdLimit === undefined
     ? [process.execPath, nodeArgs]
     : [

@@ -12,20 +12,31 @@
  *   npm run bench -- --dist             # AIBase from dist/main.js instead of src/ through tsx
  *   npm run bench -- --out /tmp/b.json  # where the JSON goes (default ./bench-results.json)
  *   npm run bench -- --aibase-http fetch  # which floor AIBase's embeddings are held against
+ *   npm run bench -- --only ledger      # AIBase with the request ledger on (SQLite) beside DB_TYPE=none
+ *   npm run bench -- --aibase-node-arg=--cpu-prof --aibase-node-arg=--cpu-prof-dir=/tmp/prof  # node flags for AIBase
  *
- * Scenarios: streams-1, streams-50, streams-200, embeddings, pings, memory,
- * disconnect, scale-streams, scale-idle (`--only streams` or `--only scale`
- * selects a family).
+ * Scenarios: streams-1, streams-50, streams-200, ledger, embeddings, pings,
+ * memory, disconnect, scale-streams, scale-idle (`--only streams` or
+ * `--only scale` selects a family).
  *
  * Processes (children, all on 127.0.0.1): the fake upstream
  * (bench/FakeUpstream.ts), the floor on node:http, the floor on fetch (for
  * embeddings), AIBase (`node --import tsx src/main.ts`); memory runs on fresh
- * processes of the floor and AIBase. This process is the client. Every wait
- * has a deadline, every loop a bound, and a failing request is counted.
+ * processes of the floor and AIBase; the ledger scenario runs two more AIBase
+ * processes, one with the ledger on and one with DB_TYPE=none. This process
+ * is the client. Every wait has a deadline, every loop a bound, and a failing
+ * request is counted.
+ *
+ * Every AIBase process records its requests the way `npm start` does (the
+ * ledger on, DB_TYPE=sqlite), each into a fresh temporary SQLite file
+ * (DB_NAME=<tmpdir>/aibase.db) that is removed afterwards, never into the
+ * checkout; `--aibase-env DB_TYPE=...` / `--aibase-env DB_NAME=...` override
+ * that (except in the ledger scenario, which always compares a temporary
+ * SQLite file with DB_TYPE=none).
  */
-import { readdirSync, statSync, writeFileSync } from "node:fs"
-import { availableParallelism, loadavg } from "node:os"
-import { join, resolve } from "node:path"
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { availableParallelism, loadavg, tmpdir } from "node:os"
+import { dirname, join, resolve } from "node:path"
 import { type Conn, closeAll, directStream, openMany, runStreams, runWindowed } from "./Load.js"
 import {
   cpuMicros,
@@ -39,6 +50,9 @@ import {
   stop
 } from "./Processes.js"
 import { defaults as upstreamDefaults, optionsFromEnv, type UpstreamStats } from "./FakeUpstream.js"
+import { Reactivity } from "@effect/experimental"
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import { Effect } from "effect"
 
 // ---------------------------------------------------------------------------
 // Arguments
@@ -48,6 +62,7 @@ const SCENARIOS = [
   "streams-1",
   "streams-50",
   "streams-200",
+  "ledger",
   "embeddings",
   "pings",
   "memory",
@@ -59,7 +74,7 @@ type Scenario = typeof SCENARIOS[number]
 
 const usage = () => {
   console.error(
-    "usage: npm run bench -- [--quick] [--only a,b] [--reps N] [--aibase-env K=V]... [--dist] [--out FILE] [--aibase-http node|fetch]\n" +
+    "usage: npm run bench -- [--quick] [--only a,b] [--reps N] [--aibase-env K=V]... [--aibase-node-arg FLAG]... [--dist] [--out FILE] [--aibase-http node|fetch]\n" +
       `scenarios: ${SCENARIOS.join(", ")} (or a family: streams, scale)`
   )
   process.exit(2)
@@ -73,12 +88,16 @@ const parseArgs = (argv: ReadonlyArray<string>) => {
   let out = "bench-results.json"
   let aibaseHttp: "node" | "fetch" = "node"
   const aibaseEnv: Record<string, string> = {}
+  const aibaseNodeArgs: Array<string> = []
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] ?? ""
-    const [flag, inline] = arg.startsWith("--") && arg.includes("=") && !arg.startsWith("--aibase-env=")
+    const [flag, inline] = arg.startsWith("--") && arg.includes("=") && !arg.startsWith("--aibase-env=") &&
+        !arg.startsWith("--aibase-node-arg=")
       ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
       : arg.startsWith("--aibase-env=")
       ? ["--aibase-env", arg.slice("--aibase-env=".length)]
+      : arg.startsWith("--aibase-node-arg=")
+      ? ["--aibase-node-arg", arg.slice("--aibase-node-arg=".length)]
       : [arg, undefined]
     const value = () => inline ?? argv[++i] ?? usage()
     switch (flag) {
@@ -110,6 +129,9 @@ const parseArgs = (argv: ReadonlyArray<string>) => {
         aibaseEnv[kv.slice(0, at)] = kv.slice(at + 1)
         break
       }
+      case "--aibase-node-arg":
+        aibaseNodeArgs.push(value())
+        break
       case "--help":
       case "-h":
         usage()
@@ -125,7 +147,7 @@ const parseArgs = (argv: ReadonlyArray<string>) => {
       usage()
     }
   }
-  return { quick, dist, only, reps, out: resolve(process.cwd(), out), aibaseHttp, aibaseEnv }
+  return { quick, dist, only, reps, out: resolve(process.cwd(), out), aibaseHttp, aibaseEnv, aibaseNodeArgs }
 }
 
 const args = parseArgs(process.argv.slice(2))
@@ -139,6 +161,8 @@ const profile = args.quick
   ? {
     reps: args.reps ?? 2,
     rounds: { 1: 10, 50: 2, 200: 1 } as Record<number, number>,
+    /** Rounds of 50 streams per side and repetition in the ledger scenario (more than streams-50: its target is 5%). */
+    ledgerRounds: 10,
     /** Per side and repetition: at most this many requests, sent for at most this long. */
     embeddings: { count: 2_000, budgetMs: 3_000 },
     pings: { count: 20_000, budgetMs: 2_000 },
@@ -149,6 +173,7 @@ const profile = args.quick
   : {
     reps: args.reps ?? 3,
     rounds: { 1: 20, 50: 4, 200: 3 } as Record<number, number>,
+    ledgerRounds: 20,
     embeddings: { count: 10_000, budgetMs: 8_000 },
     pings: { count: 100_000, budgetMs: 5_000 },
     memoryConnections: 2_000,
@@ -194,7 +219,9 @@ const rotate = <A>(xs: ReadonlyArray<A>, r: number): Array<A> => xs.map((_, i) =
 // ---------------------------------------------------------------------------
 
 type Side = "floor" | "aibase"
-type Server = Side | "floorFetch"
+/** The ledger scenario's two AIBase processes: the ledger on (a temporary SQLite file) and off (DB_TYPE=none). */
+type LedgerSide = "ledgerOn" | "ledgerOff"
+type Server = Side | "floorFetch" | LedgerSide
 
 const notes: Array<string> = []
 const note = (text: string) => {
@@ -220,7 +247,7 @@ const aibaseScript = (() => {
   if (newest(join(repoRoot, "src")) > builtAt) note("dist/main.js is older than src/: AIBase runs the last build, not the working tree")
   return "dist/main.js"
 })()
-const aibaseCommand = `node ${aibaseScript.endsWith(".ts") ? "--import tsx " : ""}${aibaseScript}`
+const aibaseCommand = `node ${args.aibaseNodeArgs.map((a) => `${a} `).join("")}${aibaseScript.endsWith(".ts") ? "--import tsx " : ""}${aibaseScript}`
 
 let upstream: Proc | undefined
 const upstreamBase = () => `http://127.0.0.1:${upstream?.port ?? 0}/v1`
@@ -228,12 +255,61 @@ const upstreamBase = () => `http://127.0.0.1:${upstream?.port ?? 0}/v1`
 const startUpstream = () =>
   spawnNode({ name: "fake upstream", script: "bench/FakeUpstream.ts", env: {}, fdLimit: FD_LIMIT })
 
-const startServer = async (server: Server): Promise<Proc> => {
-  if (server === "aibase") {
-    const port = await freePort()
-    return spawnNode({
-      name: "AIBase",
+// Databases: each AIBase process gets its own temporary folder, removed when
+// the process is discarded or, at the latest, when this process exits.
+
+const tempDirs = new Set<string>()
+const removeDir = (dir: string) => {
+  tempDirs.delete(dir)
+  try {
+    rmSync(dir, { recursive: true, force: true })
+  } catch (error) {
+    console.error(`bench: could not remove ${dir}: ${message(error)}`)
+  }
+}
+process.once("exit", () => {
+  for (const dir of [...tempDirs]) removeDir(dir)
+})
+
+/** The SQLite file of each AIBase process that has one of ours. */
+const databaseFiles = new Map<Proc, string>()
+
+/** Removes the temporary database of a server that has stopped. */
+const forget = (proc: Proc) => {
+  const file = databaseFiles.get(proc)
+  databaseFiles.delete(proc)
+  if (file !== undefined) removeDir(dirname(file))
+}
+
+/** Stops a server and removes its temporary database. */
+const discard = async (proc: Proc) => {
+  await stop(proc)
+  forget(proc)
+}
+
+/** Whether `--aibase-env` chose the database of the ordinary AIBase processes. */
+const userDatabase = args.aibaseEnv["DB_TYPE"] !== undefined || args.aibaseEnv["DB_NAME"] !== undefined
+const databaseDescription = userDatabase
+  ? `DB_TYPE=${args.aibaseEnv["DB_TYPE"] ?? "sqlite (default)"}${args.aibaseEnv["DB_NAME"] === undefined ? "" : ` DB_NAME=${args.aibaseEnv["DB_NAME"]}`} (--aibase-env)`
+  : "DB_TYPE=sqlite, a fresh temporary file per process (the ledger on, as `npm start` runs)"
+
+const startAibase = async (ledger: "default" | "on" | "off"): Promise<Proc> => {
+  const port = await freePort()
+  const temporary = ledger === "on" ||
+    (ledger === "default" && (args.aibaseEnv["DB_TYPE"] ?? "sqlite") === "sqlite" && args.aibaseEnv["DB_NAME"] === undefined)
+  const dir = temporary ? mkdtempSync(join(tmpdir(), "aibase-bench-")) : undefined
+  if (dir !== undefined) tempDirs.add(dir)
+  const file = dir === undefined ? undefined : join(dir, "aibase.db")
+  const database: Record<string, string> = ledger === "off"
+    ? { DB_TYPE: "none" }
+    : file === undefined
+    ? {}
+    : { DB_TYPE: "sqlite", DB_NAME: file }
+  try {
+    const proc = await spawnNode({
+      name: ledger === "default" ? "AIBase" : `AIBase (ledger ${ledger})`,
       script: aibaseScript,
+      nodeArgs: args.aibaseNodeArgs,
       port,
       fdLimit: FD_LIMIT,
       env: {
@@ -247,10 +323,22 @@ const startServer = async (server: Server): Promise<Proc> => {
         SHUTDOWN_GRACE_SECONDS: "2",
         SERVER_HOST: "127.0.0.1",
         SERVER_PORT: String(port),
-        ...args.aibaseEnv
+        // The default database first, so that --aibase-env overrides it; the ledger scenario's choice last.
+        ...(ledger === "default" ? { ...database, ...args.aibaseEnv } : { ...args.aibaseEnv, ...database })
       }
     })
+    if (file !== undefined) databaseFiles.set(proc, file)
+    return proc
+  } catch (error) {
+    if (dir !== undefined) removeDir(dir)
+    throw error
   }
+}
+
+const startServer = async (server: Server): Promise<Proc> => {
+  if (server === "aibase") return startAibase("default")
+  if (server === "ledgerOn") return startAibase("on")
+  if (server === "ledgerOff") return startAibase("off")
   return spawnNode({
     name: server === "floor" ? "floor (node:http)" : "floor (fetch)",
     script: "bench/FloorProxy.ts",
@@ -272,6 +360,7 @@ const serverFor = async (server: Server): Promise<Proc> => {
   if (current !== undefined) {
     const code = await current.exited
     note(`${current.name} exited (${String(code)}) during the run; restarted. Its last output: ${current.output().slice(-1_500).trim()}`)
+    forget(current)
   }
   const started = await startServer(server)
   hot.set(server, started)
@@ -316,6 +405,8 @@ interface Row {
   readonly target?: Target
   /** Ratio column shown (default true). */
   readonly ratio?: boolean
+  /** Decimals of the ratio column (default 2). */
+  readonly ratioDecimals?: number
   /** Override of the formatted cells. */
   readonly text?: { readonly floor: string; readonly aibase: string }
 }
@@ -342,7 +433,7 @@ const table = (): string => {
     "|---|---|---:|---:|---:|---|---|"
   ]
   for (const row of rows) {
-    const ratio = row.ratio === false || !Number.isFinite(ratioOf(row)) ? "" : `${ratioOf(row).toFixed(2)}×`
+    const ratio = row.ratio === false || !Number.isFinite(ratioOf(row)) ? "" : `${ratioOf(row).toFixed(row.ratioDecimals ?? 2)}×`
     lines.push(
       `| ${row.scenario} | ${row.metric} | ${row.text?.floor ?? fmt(row.floor, row.decimals)} | ${
         row.text?.aibase ?? fmt(row.aibase, row.decimals)
@@ -370,6 +461,8 @@ interface StreamRep {
   readonly ttftP50: number
   readonly ttftP99: number
   readonly chunksPerSecond: number
+  /** Streams completed per second of the rounds' wall time. */
+  readonly requestsPerSecond: number
   readonly cpuMicrosPerChunk: number
   readonly contentChunks: number
   readonly completed: number
@@ -378,19 +471,27 @@ interface StreamRep {
   readonly upstreamCpuMicrosPerChunk: number
 }
 
+/** Streams and embeddings sent to each server (what its ledger should hold). */
+const recordedSent = new Map<Server, number>()
+const countSent = (server: Server, requests: number) => recordedSent.set(server, (recordedSent.get(server) ?? 0) + requests)
+
 const measureStreams = async (
-  side: Side,
+  server: Server,
   clients: number,
   rounds: number,
-  tag: string
+  tag: string,
+  /** Idle time still counted after the last stream ends (work a server does in the background, such as writing its ledger). */
+  settleMs = 0
 ): Promise<StreamRep> => {
-  const proc = await serverFor(side)
+  const proc = await serverFor(server)
   await quiesce()
   const opened = await openMany(wsUrl(proc), clients)
   try {
     const cpu0 = cpuMicros(proc.pid)
     const up0 = cpuMicros(upstream?.pid ?? 0)
     const result = await runStreams(opened.conns, rounds, { roundDeadlineMs: ROUND_DEADLINE_MS, tag })
+    countSent(server, opened.conns.length * rounds)
+    if (settleMs > 0) await sleep(settleMs)
     const cpu1 = cpuMicros(proc.pid)
     const up1 = cpuMicros(upstream?.pid ?? 0)
     const failed = result.failed + opened.failed * rounds
@@ -398,6 +499,7 @@ const measureStreams = async (
       ttftP50: percentile(result.ttfts, 50),
       ttftP99: percentile(result.ttfts, 99),
       chunksPerSecond: result.contentChunks / (result.wallMs / 1000),
+      requestsPerSecond: result.completed / (result.wallMs / 1000),
       cpuMicrosPerChunk: result.contentChunks > 0 ? (cpu1 - cpu0) / result.contentChunks : Number.NaN,
       contentChunks: result.contentChunks,
       completed: result.completed,
@@ -512,6 +614,166 @@ const streamsScenario = async (clients: 1 | 50 | 200) => {
   raw[name] = { clients, rounds, reps, ...(clients === 1 ? { directTtftP50: direct, addedTtft: added } : {}) }
 }
 
+// ---------------------------------------------------------------------------
+// The request ledger: AIBase with it on (SQLite) beside AIBase with DB_TYPE=none
+// ---------------------------------------------------------------------------
+
+const LEDGER_CLIENTS = 50
+/** Counted after each side's last stream, so the ledger's last batch is written inside the measurement. */
+const LEDGER_SETTLE_MS = 500
+
+interface LedgerCount {
+  readonly total: number
+  readonly byType: Record<string, number>
+}
+
+const describeCount = (count: LedgerCount) =>
+  `${count.total} (${Object.entries(count.byType).map(([type, n]) => `${type} ${n}`).join(", ") || "none"})`
+
+/** GET /info's database section of a server. */
+const databaseInfo = async (proc: Proc): Promise<{ type?: string; usage_recorded?: boolean }> => {
+  const response = await httpGet(proc.port, "/info", 5_000)
+  if (response.status !== 200) throw new Error(`GET /info answered ${response.status}`)
+  return (JSON.parse(response.body) as { database?: { type?: string; usage_recorded?: boolean } }).database ?? {}
+}
+
+/** What a server reports it has written, by request type (GET /usage?group_by=type, the last 24 hours). */
+const usageCount = async (proc: Proc): Promise<LedgerCount> => {
+  const response = await httpGet(proc.port, "/usage?group_by=type", 10_000)
+  if (response.status !== 200) throw new Error(`GET /usage answered ${response.status}: ${response.body.slice(0, 200)}`)
+  const body = JSON.parse(response.body) as { rows?: ReadonlyArray<{ type?: string; requests?: number }> }
+  const byType: Record<string, number> = {}
+  for (const row of body.rows ?? []) byType[row.type ?? "?"] = (byType[row.type ?? "?"] ?? 0) + Number(row.requests ?? 0)
+  return { total: Object.values(byType).reduce((a, b) => a + b, 0), byType }
+}
+
+/** The rows in a SQLite ledger file, by request type (read after its server has stopped). */
+const fileCount = (filename: string): Promise<LedgerCount> =>
+  Effect.gen(function*() {
+    const sql = yield* SqliteClient.make({ filename, readonly: true, disableWAL: true })
+    const rows = yield* sql<{ readonly type: string; readonly n: number }>`
+      SELECT type, COUNT(*) AS n FROM aibase_requests GROUP BY type ORDER BY type`
+    const byType: Record<string, number> = {}
+    for (const row of rows) byType[row.type] = Number(row.n)
+    return { total: Object.values(byType).reduce((a, b) => a + b, 0), byType }
+  }).pipe(Effect.scoped, Effect.provide(Reactivity.layer), Effect.runPromise)
+
+const ledgerScenario = async () => {
+  const clients = LEDGER_CLIENTS
+  const rounds = profile.ledgerRounds
+  const label: Record<LedgerSide, string> = { ledgerOn: "on", ledgerOff: "off" }
+  log(`ledger: ${clients} clients × ${rounds} round(s) × ${profile.reps} repetition(s) on AIBase with the ledger on (SQLite, temporary file) and off (DB_TYPE=none)`)
+  if (userDatabase) note("ledger: --aibase-env's DB_TYPE/DB_NAME do not apply here; it compares a temporary SQLite file with DB_TYPE=none")
+  for (const side of ["ledgerOn", "ledgerOff"] as const) {
+    await attempt(`ledger ${label[side]}: GET /info`, async () => {
+      const info = await databaseInfo(await serverFor(side))
+      log(`  ledger ${label[side].padEnd(3)}: database ${info.type ?? "?"}, usage recorded ${String(info.usage_recorded)}`)
+      if (info.usage_recorded !== (side === "ledgerOn")) note(`ledger ${label[side]}: the server reports usage_recorded=${String(info.usage_recorded)}`)
+    })
+  }
+  const reps: Record<LedgerSide, Array<StreamRep | undefined>> = { ledgerOn: [], ledgerOff: [] }
+  for (let rep = 0; rep < profile.reps; rep++) {
+    for (const side of rotate<LedgerSide>(["ledgerOn", "ledgerOff"], rep)) {
+      const result = await attempt(
+        `ledger ${label[side]}`,
+        () => measureStreams(side, clients, rounds, `l${rep}`, LEDGER_SETTLE_MS)
+      )
+      reps[side].push(result)
+      if (result !== undefined) {
+        log(
+          `  ledger ${label[side].padEnd(3)} rep ${rep + 1}: ${fmt(result.cpuMicrosPerChunk, 2)} µs CPU/chunk, ${
+            fmt(result.requestsPerSecond, 0)
+          } streams/s, ${fmt(result.chunksPerSecond, 0)} chunks/s, TTFT p50 ${fmt(result.ttftP50, 1)} ms, ${result.failed} failed`
+        )
+        if (result.errors.length > 0) log(`    errors: ${result.errors.join("; ")}`)
+      }
+    }
+  }
+  const m = (side: LedgerSide, pick: (r: StreamRep) => number) =>
+    median(reps[side].map((r) => (r === undefined ? Number.NaN : pick(r))))
+  const sum = (side: LedgerSide, pick: (r: StreamRep) => number) =>
+    reps[side].reduce((total, r) => total + (r === undefined ? rounds * clients : pick(r)), 0)
+
+  // Did the ledger record? While serving (GET /usage), then in the file once the server has stopped and flushed.
+  const sent = recordedSent.get("ledgerOn") ?? 0
+  const on = hot.get("ledgerOn")
+  const file = on === undefined ? undefined : databaseFiles.get(on)
+  let live: LedgerCount | undefined
+  let stored: LedgerCount | undefined
+  if (on !== undefined && on.alive()) {
+    live = await attempt("ledger: GET /usage", () => usageCount(on))
+    if (live !== undefined) log(`  ledger rows written while serving (GET /usage?group_by=type): ${describeCount(live)}`)
+  }
+  for (const side of ["ledgerOn", "ledgerOff"] as const) {
+    const proc = hot.get(side)
+    if (proc === undefined) continue
+    hot.delete(side)
+    if (side === "ledgerOn" && file !== undefined) {
+      await stop(proc)
+      stored = await attempt(`ledger: reading ${file}`, () => fileCount(file))
+      if (stored !== undefined) log(`  ledger rows in ${file} after shutdown: ${describeCount(stored)} (requests sent: ${sent})`)
+    }
+    await discard(proc)
+  }
+  if (stored !== undefined && stored.total < sent) note(`ledger: ${sent} recorded requests were sent but the file holds ${stored.total} rows`)
+  if (stored !== undefined && live !== undefined && live.total < stored.total) {
+    note(`ledger: ${stored.total - live.total} rows were written only at shutdown, outside the measurement`)
+  }
+
+  const streams = `${clients} streams`
+  rows.push(
+    {
+      scenario: "ledger",
+      metric: `server CPU per content chunk (µs), ${streams}`,
+      floor: m("ledgerOff", (r) => r.cpuMicrosPerChunk),
+      aibase: m("ledgerOn", (r) => r.cpuMicrosPerChunk),
+      decimals: 2,
+      ratioDecimals: 3,
+      target: ratioAtMost(1.05)
+    },
+    {
+      scenario: "ledger",
+      metric: `streams completed per second, ${streams}`,
+      floor: m("ledgerOff", (r) => r.requestsPerSecond),
+      aibase: m("ledgerOn", (r) => r.requestsPerSecond),
+      decimals: 0
+    },
+    {
+      scenario: "ledger",
+      metric: `content chunks per second, ${streams}`,
+      floor: m("ledgerOff", (r) => r.chunksPerSecond),
+      aibase: m("ledgerOn", (r) => r.chunksPerSecond),
+      decimals: 0
+    },
+    {
+      scenario: "ledger",
+      metric: "time to first token p50 (ms)",
+      floor: m("ledgerOff", (r) => r.ttftP50),
+      aibase: m("ledgerOn", (r) => r.ttftP50),
+      decimals: 1
+    },
+    {
+      scenario: "ledger",
+      metric: `failed streams (of ${profile.reps * rounds * clients})`,
+      floor: sum("ledgerOff", (r) => r.failed),
+      aibase: sum("ledgerOn", (r) => r.failed),
+      decimals: 0,
+      ratio: false
+    },
+    {
+      scenario: "ledger",
+      metric: `ledger rows written (of ${sent} recorded requests sent), while serving / in the file after shutdown`,
+      floor: 0,
+      aibase: stored?.total ?? Number.NaN,
+      decimals: 0,
+      ratio: false,
+      text: { floor: "none", aibase: `${live === undefined ? "n/a" : fmt(live.total, 0)} / ${stored === undefined ? "n/a" : fmt(stored.total, 0)}` },
+      target: { label: `${sent}`, pass: (_f, a) => a >= sent && sent > 0 }
+    }
+  )
+  raw["ledger"] = { clients, rounds, settleMs: LEDGER_SETTLE_MS, reps, recordedRequestsSent: sent, rowsWhileServing: live ?? null, rowsInFile: stored ?? null }
+}
+
 interface WindowRep {
   readonly perSecond: number
   readonly cpuMicrosPerRequest: number
@@ -576,9 +838,10 @@ const embeddingsScenario = async () => {
     budgetMs: profile.embeddings.budgetMs
   }
   log(`embeddings: ${connections} connections, one request in flight each, for ${shape.budgetMs / 1000} s (at most ${shape.perConnection} each) × ${profile.reps} repetition(s)`)
-  const reps: Record<Server, Array<WindowRep | undefined>> = { floor: [], floorFetch: [], aibase: [] }
+  type EmbeddingServer = Side | "floorFetch"
+  const reps: Record<EmbeddingServer, Array<WindowRep | undefined>> = { floor: [], floorFetch: [], aibase: [] }
   for (let rep = 0; rep < profile.reps; rep++) {
-    for (const server of rotate<Server>(["floor", "floorFetch", "aibase"], rep)) {
+    for (const server of rotate<EmbeddingServer>(["floor", "floorFetch", "aibase"], rep)) {
       const result = await attempt(
         `embeddings ${server}`,
         () => measureWindowed(server, shape, embeddingFrame, "embedding_response", `e${rep}`)
@@ -593,7 +856,7 @@ const embeddingsScenario = async () => {
       }
     }
   }
-  const m = (server: Server, pick: (r: WindowRep) => number) =>
+  const m = (server: EmbeddingServer, pick: (r: WindowRep) => number) =>
     median(reps[server].map((r) => (r === undefined ? Number.NaN : pick(r))))
   const sameClient = (client: "node" | "fetch") => (args.aibaseHttp === client ? { target: ratioAtLeast(0.9) } : {})
   rows.push(
@@ -715,7 +978,7 @@ const measureMemory = async (side: Side, connections: number): Promise<MemoryRep
       afterKiB
     }
   } finally {
-    await stop(proc)
+    await discard(proc)
   }
 }
 
@@ -949,20 +1212,32 @@ const scaleIdleScenario = async () => {
 // Main
 // ---------------------------------------------------------------------------
 
-const warmUp = async () => {
-  const servers: Array<Server> = ["floor", "aibase"]
-  if (selected("embeddings")) servers.push("floorFetch")
+/** The long-lived servers the selected scenarios use. */
+const hotServers = (scenarios: ReadonlyArray<Scenario>): Array<Server> => {
+  const servers: Array<Server> = []
+  if (scenarios.some((s) => s !== "memory" && s !== "ledger")) servers.push("floor", "aibase")
+  if (scenarios.includes("embeddings")) servers.push("floorFetch")
+  if (scenarios.includes("ledger")) servers.push("ledgerOn", "ledgerOff")
+  return servers
+}
+
+const warmUp = async (servers: ReadonlyArray<Server>) => {
   for (const server of servers) {
     await attempt(`warm-up ${server}`, async () => {
       const proc = await serverFor(server)
-      const opened = await openMany(wsUrl(proc), 20)
+      const ledger = server === "ledgerOn" || server === "ledgerOff"
+      const opened = await openMany(wsUrl(proc), ledger ? LEDGER_CLIENTS : 20)
       try {
         if (server !== "floorFetch") {
           await runWindowed(opened.conns.slice(0, 1), { window: 100, perConnection: 2_000, frame: pingFrame, okType: "pong", deadlineMs: 30_000, tag: "wp" })
-          await runStreams(opened.conns, 1, { roundDeadlineMs: 30_000, tag: "ws" })
+          // The ledger's two sides warm up on the measured shape, so the insert path is compiled before it counts.
+          const rounds = ledger ? 3 : 1
+          await runStreams(opened.conns, rounds, { roundDeadlineMs: 30_000, tag: "ws" })
+          countSent(server, opened.conns.length * rounds)
         }
-        if (selected("embeddings")) {
+        if (selected("embeddings") && !ledger) {
           await runWindowed(opened.conns, { window: 1, perConnection: 2, frame: embeddingFrame, okType: "embedding_response", deadlineMs: 30_000, tag: "we" })
+          countSent(server, opened.conns.length * 2)
         }
       } finally {
         await closeAll(opened.conns)
@@ -982,19 +1257,20 @@ const main = async () => {
 
   const scenarios = SCENARIOS.filter(selected)
   log(`AIBase: ${aibaseCommand}${Object.keys(args.aibaseEnv).length > 0 ? ` with ${Object.entries(args.aibaseEnv).map(([k, v]) => `${k}=${v}`).join(" ")}` : ""}`)
+  log(`AIBase database: ${databaseDescription}`)
   log(`scenarios: ${scenarios.join(", ")}; ${profile.reps} repetition(s)${args.quick ? " (quick)" : ""}`)
-  const hotNeeded = scenarios.some((s) => s !== "memory")
+  const servers = hotServers(scenarios)
   upstream = await startUpstream()
   log(`fake upstream on ${upstreamBase()}`)
   try {
-    if (hotNeeded) {
-      await Promise.all((["floor", "aibase", ...(selected("embeddings") ? ["floorFetch" as const] : [])] as const).map(serverFor))
+    if (servers.length > 0) {
+      await Promise.all(servers.map(serverFor))
       for (const [server, proc] of hot) log(`${server} on ${wsUrl(proc)} (pid ${proc.pid})`)
       const limit = openFilesLimit(hot.get("aibase")?.pid ?? 0)
       if (limit < FD_LIMIT && scenarios.includes("scale-idle")) {
         note(`the servers' open-files limit could not be raised to ${FD_LIMIT} (\`ulimit -n\` refused; it is ${limit}); ${SCALE_IDLE} idle connections need a little over ${SCALE_IDLE}`)
       }
-      await warmUp()
+      await warmUp(servers)
     }
     for (const scenario of scenarios) {
       switch (scenario) {
@@ -1006,6 +1282,9 @@ const main = async () => {
           break
         case "streams-200":
           await streamsScenario(200)
+          break
+        case "ledger":
+          await ledgerScenario()
           break
         case "embeddings":
           await embeddingsScenario()
@@ -1030,7 +1309,7 @@ const main = async () => {
   } finally {
     await Promise.all([...hot.values(), ...(upstream === undefined ? [] : [upstream])].map(async (proc) => {
       if (!proc.alive()) note(`${proc.name} had exited (${String(await proc.exited)}) by the end of the run`)
-      else await stop(proc)
+      await discard(proc)
     }))
   }
 
@@ -1038,6 +1317,9 @@ const main = async () => {
   const shape = { ...upstreamDefaults, ...optionsFromEnv() }
   const header = `AIBase (\`${aibaseCommand}\`) beside the floor (bare \`ws\` + \`node:http\` proxy), fake upstream: first chunk after ${shape.firstChunkDelayMs} ms, ${shape.chunks} chunks ${shape.chunkIntervalMs} ms apart. ` +
     `Medians of ${profile.reps} repetition(s)${args.quick ? ", --quick" : ""}; ratio = AIBase / floor. ` +
+    (rows.some((row) => row.scenario === "ledger")
+      ? "In the ledger rows both columns are AIBase: the floor column with DB_TYPE=none, the AIBase column with the ledger on (SQLite); ratio = on / off. "
+      : "") +
     `${availableParallelism()} CPUs, load average ${loadavg().map((l) => l.toFixed(2)).join(" ")}; wall time ${wallSeconds.toFixed(0)} s.`
   console.log(`\n${header}\n\n${table()}\n`)
   if (notes.length > 0) console.log(`Notes:\n${notes.map((n) => `- ${n}`).join("\n")}\n`)
@@ -1048,7 +1330,7 @@ const main = async () => {
     loadavg: loadavg(),
     wallSeconds,
     args: process.argv.slice(2),
-    aibase: { command: aibaseCommand, env: args.aibaseEnv },
+    aibase: { command: aibaseCommand, env: args.aibaseEnv, database: databaseDescription },
     profile,
     rows: rows.map((row) => ({
       scenario: row.scenario,
