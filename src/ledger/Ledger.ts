@@ -15,14 +15,13 @@ import {
   Duration,
   Effect,
   type Exit,
-  Fiber,
   Layer,
   Option,
-  type ParseResult,
-  Schedule
+  type ParseResult
 } from "effect"
 import type { SqlError } from "@effect/sql/SqlError"
 import { randomBytes, randomUUID } from "node:crypto"
+import * as BatchWriter from "../db/BatchWriter.js"
 import { Database } from "../db/Database.js"
 import type { AiBaseRpc } from "../protocol/Rpcs.js"
 import { type Caller, outcomeOf, RequestRecord } from "./RequestRecord.js"
@@ -37,13 +36,7 @@ export interface LedgerOptions {
   readonly flushTimeout?: Duration.DurationInput | undefined
 }
 
-export interface LedgerStats {
-  /** Rows waiting to be written. */
-  readonly buffered: number
-  readonly written: number
-  /** Rows lost because the buffer was full. */
-  readonly dropped: number
-}
+export type LedgerStats = BatchWriter.Stats
 
 /** The database does not record requests (DB_TYPE=none). */
 export class UsageNotRecorded {
@@ -76,19 +69,6 @@ export const RECORDED_RPCS: ReadonlySet<AiBaseRpc["_tag"]> = new Set([
   "ToolExecute"
 ])
 
-/** Rows per INSERT: well under PostgreSQL's 65,535 parameters at 20 columns. */
-const BATCH = 500
-
-/**
- * How long the writer lets rows gather after the first one arrives. An
- * INSERT costs about the same for one row as for fifty; writing each row
- * on its own would cost a busy server more than the rest of the request.
- */
-const LINGER = Duration.millis(250)
-
-/** Retries of a failed write: quick at first, then every 5 seconds, for as long as it takes. */
-const retrying = Schedule.exponential(Duration.millis(100)).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
-
 const insert = (sql: SqlClient.SqlClient, rows: ReadonlyArray<Row>) =>
   // A retried batch may have been committed already: its rows are skipped.
   sql`INSERT INTO aibase_requests ${sql.insert(rows)} ON CONFLICT (id) DO NOTHING`
@@ -117,114 +97,22 @@ export class Ledger extends Context.Tag("aibase/Ledger")<Ledger, LedgerShape>() 
       }
       const client = database.client.value
 
-      const buffer: Array<Row> = []
-      let written = 0
-      let dropped = 0
-      let droppedUnreported = 0
-      const wake = yield* Effect.makeLatch(false)
-      const batchFull = yield* Effect.makeLatch(false)
-      const overflowed = yield* Effect.makeLatch(false)
-
-      const finish = (record: RequestRecord, exit: Exit.Exit<unknown, unknown>): void => {
-        if (buffer.length >= bufferSize) {
-          dropped++
-          droppedUnreported++
-          overflowed.unsafeOpen()
-        } else {
-          buffer.push(rowOf(record, exit))
-          if (buffer.length >= BATCH) batchFull.unsafeOpen()
-        }
-        wake.unsafeOpen()
-      }
-
-      /** Writes the buffer's first rows in one INSERT; they leave the buffer once written. */
-      const writeBatch = (sql: SqlClient.SqlClient) =>
-        Effect.suspend(() => {
-          const batch = buffer.slice(0, BATCH)
-          return Effect.map(insert(sql, batch), () => {
-            buffer.splice(0, batch.length)
-            written += batch.length
-          })
-        })
-
-      const flushWith = (sql: SqlClient.SqlClient) =>
-        Effect.whileLoop({ while: () => buffer.length > 0, body: () => writeBatch(sql), step: () => {} })
-
-      const reportDropped = Effect.suspend(() => {
-        if (droppedUnreported === 0) return Effect.void
-        const count = droppedUnreported
-        droppedUnreported = 0
-        return Effect.logWarning("The ledger's buffer is full: requests were not recorded").pipe(
-          Effect.annotateLogs({ dropped: count, dropped_total: dropped, buffer_size: bufferSize })
-        )
+      const writer = yield* BatchWriter.make<Row>({
+        name: "request ledger",
+        client,
+        write: insert,
+        bufferSize,
+        flushTimeout
       })
-
-      let failing = false
-      const writer = Effect.gen(function*() {
-        while (true) {
-          yield* wake.await
-          yield* Effect.raceFirst(Effect.sleep(LINGER), batchFull.await)
-          yield* wake.close
-          yield* batchFull.close
-          // Waits here while a database that was not required at startup is still unreachable.
-          const sql = yield* client
-          yield* flushWith(sql).pipe(
-            Effect.tapError((error) => {
-              if (failing) return Effect.void
-              failing = true
-              return Effect.logWarning("Could not write the request ledger; retrying in the background", error.message).pipe(
-                Effect.annotateLogs({ buffered: buffer.length })
-              )
-            }),
-            Effect.retry(retrying),
-            Effect.zipRight(Effect.suspend(() => {
-              if (!failing) return Effect.void
-              failing = false
-              return Effect.logInfo("The request ledger is being written again").pipe(Effect.annotateLogs({ written }))
-            }))
-          )
-        }
-      })
-
-      // Drops are reported on their own fiber (the writer may be waiting for the
-      // database), at most one warning a second.
-      const reporter = Effect.forever(
-        overflowed.await.pipe(
-          Effect.zipRight(overflowed.close),
-          Effect.zipRight(reportDropped),
-          Effect.zipRight(Effect.sleep(Duration.seconds(1)))
-        )
-      )
-
-      const fiber = yield* Effect.forkDaemon(Effect.all([writer, reporter], { concurrency: 2, discard: true }))
-      yield* Effect.addFinalizer(() =>
-        Effect.gen(function*() {
-          yield* Fiber.interrupt(fiber)
-          yield* reportDropped
-          if (buffer.length === 0) return
-          // Finalizers are uninterruptible: the timeout must be able to stop a write that hangs.
-          const flushed = yield* client.pipe(
-            Effect.flatMap(flushWith),
-            Effect.interruptible,
-            Effect.timeoutOption(flushTimeout),
-            Effect.either
-          )
-          if (buffer.length > 0) {
-            yield* Effect.logError("Shutting down with request ledger rows not written").pipe(
-              Effect.annotateLogs({ lost: buffer.length, reason: flushed._tag === "Left" ? flushed.left.message : "timed out" })
-            )
-          }
-        })
-      )
 
       return Ledger.of({
         enabled: true,
         storesContent: storeContent,
         begin,
-        finish,
-        flush: Effect.flatMap(client, flushWith),
+        finish: (record, exit) => writer.offer(rowOf(record, exit)),
+        flush: writer.flush,
         usage: (query) => Effect.flatMap(client, (sql) => Usage.query(sql, query)),
-        stats: () => ({ buffered: buffer.length, written, dropped })
+        stats: writer.stats
       })
     })
 
