@@ -64,6 +64,8 @@ const program = Effect.gen(function*() {
   }).pipe(
     Stream.runForEach((event) => {
       switch (event._tag) {
+        case "chat_completion_stream_start":
+          return Console.log(`(resumable as ${event.data.stream_id})`)
         case "chat_completion_stream_chunk":
           return write(event.data.choices.map((choice) => choice.delta.content ?? "").join(""))
         case "tool_execution":

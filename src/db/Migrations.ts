@@ -38,8 +38,33 @@ const createRequests = Effect.gen(function*() {
   yield* sql`CREATE INDEX IF NOT EXISTS aibase_requests_principal ON aibase_requests (principal, started_at)`
 })
 
+const createStreams = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  // A resumable stream: who may resume it, which instance runs it (and its
+  // lease on it), and when it ended.
+  yield* sql`CREATE TABLE IF NOT EXISTS aibase_streams (
+    id TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    resumable_until BIGINT NOT NULL,
+    lease_until BIGINT NOT NULL,
+    finished_at BIGINT
+  )`
+  yield* sql`CREATE INDEX IF NOT EXISTS aibase_streams_finished_at ON aibase_streams (finished_at)`
+  // Its frames: the event's type and its data in JSON (an error's, for the last frame of a failed stream).
+  yield* sql`CREATE TABLE IF NOT EXISTS aibase_stream_frames (
+    stream_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (stream_id, seq)
+  )`
+})
+
 export const loader: Migrator.Loader = Migrator.fromRecord({
-  "1_create_requests": createRequests
+  "1_create_requests": createRequests,
+  "2_create_streams": createStreams
 })
 
 /** Brings the connected database up to date; safe to run on every start and from several instances. */

@@ -5,6 +5,7 @@
  * they know (through `current`, read once per request, never per chunk), and
  * the transport finishes it with the request's exit.
  */
+import { RpcServer } from "@effect/rpc"
 import { Cause, Exit, FiberId, FiberRef, HashSet, Option } from "effect"
 import { isShutdown } from "../hub/Hub.js"
 import type { ChatCompletionResponse } from "../protocol/Chat.js"
@@ -41,6 +42,11 @@ export class RequestRecord {
   totalTokens: number | null = null
   toolRounds = 0
   readonly toolsCalled: Array<string> = []
+  /**
+   * Who finishes the record: the transport, when the request ends (the
+   * default), or a resumable stream, when it ends (it outlives its request).
+   */
+  finishedBy: "request" | "stream" = "request"
   /** The request's messages (or input) and final content; set only when content is stored. */
   content: { request?: unknown; response?: unknown } | undefined = undefined
 
@@ -125,8 +131,18 @@ export const current: FiberRef.FiberRef<RequestRecord | undefined> = FiberRef.un
   undefined
 )
 
+/**
+ * Who is on the connection an /rpc request came in on: set on the fiber
+ * that serves the socket, whose FiberRefs RpcServer gives every request.
+ */
+export const currentCaller: FiberRef.FiberRef<Caller | undefined> = FiberRef.unsafeMake<Caller | undefined>(undefined)
+
 /** Requests interrupted because their client went away are interrupted by this FiberId. */
 export const DisconnectFiberId: FiberId.FiberId = FiberId.make(-1002, 0)
+
+/** Whether an interruption came from the client going away (on /ws, or on /rpc through RpcServer). */
+export const isDisconnect = (interruptors: HashSet.HashSet<FiberId.FiberId>): boolean =>
+  HashSet.has(interruptors, DisconnectFiberId) || HashSet.has(interruptors, RpcServer.fiberIdTransientInterrupt)
 
 export interface Outcome {
   /** `ok`, or the error category. */
@@ -152,7 +168,7 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
   if (Cause.isInterruptedOnly(exit.cause)) {
     const interruptors = Cause.interruptors(exit.cause)
     if (isShutdown(interruptors)) return stopped
-    return HashSet.has(interruptors, DisconnectFiberId) ? disconnected : cancelled
+    return isDisconnect(interruptors) ? disconnected : cancelled
   }
   return internal
 }

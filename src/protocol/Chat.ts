@@ -142,7 +142,9 @@ export const ChatCompletionRequest = Schema.Struct({
   /** Run the registry's tools on the server and call the model again. */
   auto_execute_tools: optional(Schema.Boolean),
   /** Upper bound on model calls that ask for tools, with auto_execute_tools. */
-  max_tool_rounds: optional(Schema.Int.pipe(Schema.between(1, 20)))
+  max_tool_rounds: optional(Schema.Int.pipe(Schema.between(1, 20))),
+  /** (Streams) keep the stream running and stored so that it can be resumed after a dropped connection. */
+  resumable: optional(Schema.Boolean)
 })
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
 

@@ -29,16 +29,19 @@ export const ErrorFrame = Schema.Struct({
   /** null when the frame could not be read far enough to find its id. */
   request_id: Schema.NullOr(Schema.String),
   error: Schema.String,
-  data: Schema.Struct({ category: ErrorCategory, code: Schema.String, retryable: Schema.Boolean })
+  data: Schema.Struct({ category: ErrorCategory, code: Schema.String, retryable: Schema.Boolean }),
+  /** Set when the error ends a stream: its place in the stream. */
+  seq: Schema.optional(Schema.Int)
 })
 export type ErrorFrame = typeof ErrorFrame.Type
 
 /** The one place an error becomes a frame. */
-export const errorFrame = (requestId: string | null, error: AiBaseError): ErrorFrame => ({
+export const errorFrame = (requestId: string | null, error: AiBaseError, seq?: number): ErrorFrame => ({
   type: "error",
   request_id: requestId,
   error: error.message,
-  data: { category: error.category, code: error.code, retryable: error.retryable }
+  data: { category: error.category, code: error.code, retryable: error.retryable },
+  ...(seq === undefined ? {} : { seq })
 })
 
 /** Whether a frame is the last one its request gets (nothing follows it). */
@@ -80,6 +83,8 @@ export type ServerFrame =
     [E in ChatStreamEvent as E["_tag"]]: {
       readonly type: E["_tag"]
       readonly request_id: string
+      /** The frame's place in its stream: 1, 2, 3, ... */
+      readonly seq: number
       readonly data: Rpc.SuccessChunkEncoded<RpcOf<"ChatCompletionStream">> extends infer C
         ? C extends { readonly _tag: E["_tag"]; readonly data: infer D } ? D : never
         : never

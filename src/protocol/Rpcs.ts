@@ -16,13 +16,34 @@ export const Pong = Schema.Struct({ timestamp: Schema.String })
  * The elements of a streamed completion. Their tags are the /ws frame types,
  * so both transports use the same names.
  */
-export const ChatStreamChunkEvent = Schema.TaggedStruct("chat_completion_stream_chunk", { data: ChatCompletionChunk })
-export const ToolExecutionEvent = Schema.TaggedStruct("tool_execution", { data: ToolExecution })
+/**
+ * Each event's place in its stream (1, 2, 3, ...). Set on every event /rpc
+ * sends; on /ws it is the frame's `seq`. A resumed stream keeps the numbers.
+ */
+const seq = Schema.optional(Schema.Int.pipe(Schema.positive()))
+export const ChatStreamChunkEvent = Schema.TaggedStruct("chat_completion_stream_chunk", { data: ChatCompletionChunk, seq })
+export const ToolExecutionEvent = Schema.TaggedStruct("tool_execution", { data: ToolExecution, seq })
 /** The frame that ends a stream; nothing follows it for that request. */
 export const STREAM_END = "chat_completion_stream_end"
-export const ChatStreamEndEvent = Schema.TaggedStruct(STREAM_END, { data: ChatStreamEnd })
-export const ChatStreamEvent = Schema.Union(ChatStreamChunkEvent, ToolExecutionEvent, ChatStreamEndEvent)
+export const ChatStreamEndEvent = Schema.TaggedStruct(STREAM_END, { data: ChatStreamEnd, seq })
+/** The first event of a resumable stream: how to resume it. */
+export const STREAM_START = "chat_completion_stream_start"
+export const StreamStart = Schema.Struct({
+  /** Unguessable (144 random bits, URL-safe). */
+  stream_id: Schema.String,
+  /** ISO 8601: the stream can be resumed at least until then. */
+  resumable_until: Schema.String
+})
+export const ChatStreamStartEvent = Schema.TaggedStruct(STREAM_START, { data: StreamStart, seq })
+export const ChatStreamEvent = Schema.Union(ChatStreamStartEvent, ChatStreamChunkEvent, ToolExecutionEvent, ChatStreamEndEvent)
 export type ChatStreamEvent = typeof ChatStreamEvent.Type
+
+/** The payload of `resume`: a stream, and the last `seq` the client has (default 0: all of it). */
+export const ResumeRequest = Schema.Struct({
+  stream_id: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(128)),
+  after: Schema.optional(Schema.Int.pipe(Schema.nonNegative()))
+})
+export type ResumeRequest = typeof ResumeRequest.Type
 
 export class AiBaseRpcs extends RpcGroup.make(
   Rpc.make("Ping", { success: Pong, error: AiBaseError }),
@@ -35,7 +56,8 @@ export class AiBaseRpcs extends RpcGroup.make(
   }),
   Rpc.make("Embedding", { payload: EmbeddingRequest, success: EmbeddingResponse, error: AiBaseError }),
   Rpc.make("ToolsList", { success: ToolsListResponse, error: AiBaseError }),
-  Rpc.make("ToolExecute", { payload: ToolExecuteRequest, success: ToolResult, error: AiBaseError })
+  Rpc.make("ToolExecute", { payload: ToolExecuteRequest, success: ToolResult, error: AiBaseError }),
+  Rpc.make("Resume", { payload: ResumeRequest, success: ChatStreamEvent, error: AiBaseError, stream: true })
 ) {}
 
 export type AiBaseRpc = RpcGroup.Rpcs<typeof AiBaseRpcs>
@@ -51,7 +73,8 @@ export const WireNames = {
   ChatCompletionStream: { request: "chat_completion_stream", end: STREAM_END },
   Embedding: { request: "embedding", response: "embedding_response" },
   ToolsList: { request: "tools_list", response: "tools_list_response" },
-  ToolExecute: { request: "tool_execute", response: "tool_execute_response" }
+  ToolExecute: { request: "tool_execute", response: "tool_execute_response" },
+  Resume: { request: "resume", end: STREAM_END }
 } as const satisfies Record<AiBaseRpc["_tag"], WireName>
 
 export interface WireName {

@@ -14,7 +14,7 @@
  * failures, then formatted; the result is bounded in size, and any failure
  * while formatting falls back to a plain sentence.
  */
-import { ParseResult } from "effect"
+import { type Effect, Either, ParseResult, Schema } from "effect"
 import { ValidationError } from "./Errors.js"
 
 /** The longest description; a longer one is cut with an ellipsis. */
@@ -205,4 +205,42 @@ export const preview = (value: unknown): string => {
     return out + "…"
   }
   return out
+}
+
+/**
+ * Schema's messages call `String()` on the values they describe, which
+ * throws for an object whose own `toString` or `valueOf` is not a function,
+ * and `JSON.parse` can make one (`{"toString": 1}`). Such a value is
+ * invalid whatever the Schema: this is its description.
+ */
+const undescribable = (): ParseResult.ParseIssue =>
+  new ParseResult.Type(
+    Schema.Unknown.ast,
+    undefined,
+    "contains an object whose toString or valueOf is not a function"
+  )
+
+/** `decode`, with a throw from Schema's messages turned into a failure (see `undescribable`). */
+export const decodeSafely = <A, E>(
+  decode: (input: unknown) => Either.Either<A, E>,
+  onThrow: (error: ParseResult.ParseError) => E
+) =>
+(input: unknown): Either.Either<A, E> => {
+  try {
+    return decode(input)
+  } catch {
+    return Either.left(onThrow(new ParseResult.ParseError({ issue: undescribable() })))
+  }
+}
+
+/** `decodeSafely` for ParseResult's decoders (what transformations call). */
+export const parseSafely = <A, R>(
+  decode: (input: unknown) => Effect.Effect<A, ParseResult.ParseIssue, R>
+) =>
+(input: unknown): Effect.Effect<A, ParseResult.ParseIssue, R> => {
+  try {
+    return decode(input)
+  } catch {
+    return ParseResult.fail(undescribable())
+  }
 }

@@ -65,7 +65,7 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
 
     /** Fills in the configured defaults and puts tools into OpenAI's shape. */
     const resolve = Effect.fnUntraced(function*(request: ChatCompletionRequest) {
-      const { auto_execute_tools: _auto, max_tool_rounds: _rounds, model, tools, ...options } = request
+      const { auto_execute_tools: _auto, max_tool_rounds: _rounds, model, resumable: _resumable, tools, ...options } = request
       const resolvedTools = tools === undefined ? [] : yield* resolveTools(tools)
       const upstream: UpstreamChatRequest = {
         ...options,

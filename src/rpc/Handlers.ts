@@ -2,13 +2,16 @@
  * The one implementation of every AIBase request. Both transports serve
  * these handlers: /rpc through RpcServer, /ws through the envelope adapter.
  */
-import { Clock, Context, Effect, Either, FiberRef, Layer, type ParseResult, Schema } from "effect"
+import { Clock, Context, Effect, Either, FiberRef, identity, Layer, type ParseResult, Schema } from "effect"
+import { decodeSafely } from "../protocol/Validation.js"
 import { AppConfig } from "../config/AppConfig.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import { ChatCompletionRequest } from "../protocol/Chat.js"
 import { Admission } from "../hub/Admission.js"
 import type { AiBaseError, OverloadedError } from "../protocol/Errors.js"
-import { type AiBaseRpc, AiBaseRpcs, type ChatStreamEvent } from "../protocol/Rpcs.js"
+import { type AiBaseRpc, AiBaseRpcs, type ChatStreamEvent, ResumeRequest } from "../protocol/Rpcs.js"
+import { Ledger } from "../ledger/Ledger.js"
+import { ResumableStreams } from "../resume/ResumableStreams.js"
 import * as RequestRecord from "../ledger/RequestRecord.js"
 import * as Push from "../stream/Push.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
@@ -16,22 +19,44 @@ import { Chat } from "./Chat.js"
 
 /** A streamed request's handler in push form, with the decoding of its payload. */
 export interface PushHandler {
-  readonly run: (payload: unknown) => Either.Either<Push.PushStream<StreamEvent, AiBaseError>, ParseResult.ParseError>
+  readonly run: (
+    payload: unknown,
+    caller: RequestRecord.Caller
+  ) => Either.Either<Push.PushStream<StreamEvent, AiBaseError>, ParseResult.ParseError>
 }
 
-/** The element of a stream: its tag names the /ws frame, `data` is the frame's data. */
+/**
+ * The element of a stream: its tag names the /ws frame, `data` is the
+ * frame's data, `seq` its place in the stream when the stream numbers it
+ * (resumable streams; otherwise the transport counts).
+ */
 export interface StreamEvent {
   readonly _tag: string
   readonly data: unknown
+  readonly seq?: number | undefined
 }
 
 const pushHandler = <P, I, A extends StreamEvent>(
   payload: Schema.Schema<P, I>,
-  run: (payload: P) => Push.PushStream<A, AiBaseError>
+  run: (payload: P, caller: RequestRecord.Caller) => Push.PushStream<A, AiBaseError>
 ): PushHandler => {
-  const decode = Schema.decodeUnknownEither(payload, { onExcessProperty: "ignore" })
-  return { run: (raw) => Either.map(decode(raw), run) }
+  const decode = decodeSafely(Schema.decodeUnknownEither(payload, { onExcessProperty: "ignore" }), identity)
+  return { run: (raw, caller) => Either.map(decode(raw), (decoded) => run(decoded, caller)) }
 }
+
+/** The caller of an /rpc request (see RequestRecord.currentCaller). */
+const rpcCaller = Effect.map(FiberRef.get(RequestRecord.currentCaller), (caller) => caller ?? RequestRecord.inProcess)
+
+/** Numbers the events of a stream that does not number them itself (/rpc sends `seq` on every event). */
+const numbered = (push: Push.PushStream<ChatStreamEvent, AiBaseError>): Push.PushStream<ChatStreamEvent, AiBaseError> =>
+(sink) =>
+  Effect.suspend(() => {
+    let seq = 0
+    return push((event) => {
+      seq = event.seq ?? seq + 1
+      return sink(event.seq === undefined ? { ...event, seq } : event)
+    })
+  })
 
 /**
  * The streamed requests again, in push form, keyed by Rpc tag: what the /ws
@@ -51,20 +76,35 @@ const withRecord = <A, E, R>(
   f: (record: RequestRecord.RequestRecord | undefined) => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> => Effect.flatMap(FiberRef.get(RequestRecord.current), f)
 
-/** The streamed completion, admitted, with each event noted in the request's record on its way out. */
+/**
+ * The streamed completion, admitted, with each event noted in the request's
+ * record on its way out. A resumable one runs on its own (see
+ * ResumableStreams): its record is finished when the stream ends, not when
+ * the request that started it does.
+ */
 const makeStreamPush = Effect.gen(function*() {
   const config = yield* AppConfig
   const chat = yield* Chat
   const { guard } = yield* Admission
-  return (request: ChatCompletionRequest): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
+  const resumable = yield* ResumableStreams
+  const ledger = yield* Ledger
+  return (request: ChatCompletionRequest, caller: RequestRecord.Caller): Push.PushStream<ChatStreamEvent, AiBaseError> =>
+  (sink) =>
     withRecord((record) => {
       const push = guardPush(guard, chat.push(request))
-      if (record === undefined) return push(sink)
-      record.requested(request.model ?? config.openai.model, request.messages)
-      return push((event) => {
-        record.onStreamEvent(event)
-        return sink(event)
-      })
+      const observed: Push.PushStream<ChatStreamEvent, AiBaseError> = record === undefined ? push : (sink) => {
+        record.requested(request.model ?? config.openai.model, request.messages)
+        return push((event) => {
+          record.onStreamEvent(event)
+          return sink(event)
+        })
+      }
+      if (request.resumable !== true) return observed(sink)
+      if (record !== undefined) record.finishedBy = "stream"
+      const ownRecord: Push.PushStream<ChatStreamEvent, AiBaseError> = record === undefined
+        ? observed
+        : (sink) => Effect.onExit(observed(sink), (exit) => Effect.sync(() => ledger.finish(record, exit)))
+      return resumable.start(ownRecord, caller.principal)(sink)
     })
 })
 
@@ -75,6 +115,7 @@ const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
   const chat = yield* Chat
   const { guard } = yield* Admission
   const streamPush = yield* makeStreamPush
+  const resumable = yield* ResumableStreams
 
   return AiBaseRpcs.of({
     Ping: () => Effect.map(Clock.currentTimeMillis, (millis) => ({ timestamp: new Date(millis).toISOString() })),
@@ -85,7 +126,14 @@ const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
         record.requested(request.model ?? config.openai.model, request.messages)
         return Effect.tap(completion, (response) => record.onCompletion(response))
       }),
-    ChatCompletionStream: (request) => Push.toStream(streamPush(request)),
+    ChatCompletionStream: (request) =>
+      Push.toStream<ChatStreamEvent, AiBaseError, never>((sink) =>
+        Effect.flatMap(rpcCaller, (caller) => numbered(streamPush(request, caller))(sink))
+      ),
+    Resume: (request) =>
+      Push.toStream<ChatStreamEvent, AiBaseError, never>((sink) =>
+        Effect.flatMap(rpcCaller, (caller) => resumable.resume(request, caller.principal)(sink))
+      ),
     Embedding: (request) =>
       withRecord((record) => {
         const model = request.model ?? config.openai.embeddingModel
@@ -105,7 +153,14 @@ const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
 
 const pushHandlers = Layer.effect(
   PushHandlers,
-  Effect.map(makeStreamPush, (streamPush) => new Map([["ChatCompletionStream", pushHandler(ChatCompletionRequest, streamPush)]]))
+  Effect.gen(function*() {
+    const streamPush = yield* makeStreamPush
+    const resumable = yield* ResumableStreams
+    return new Map<AiBaseRpc["_tag"], PushHandler>([
+      ["ChatCompletionStream", pushHandler(ChatCompletionRequest, streamPush)],
+      ["Resume", pushHandler(ResumeRequest, (request, caller) => resumable.resume(request, caller.principal))]
+    ])
+  })
 )
 
 /** A push stream admitted like any model call. */

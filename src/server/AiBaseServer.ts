@@ -10,6 +10,7 @@ import { AppConfig } from "../config/AppConfig.js"
 import { Database, type DatabaseError } from "../db/Database.js"
 import { Hub } from "../hub/Hub.js"
 import { Ledger } from "../ledger/Ledger.js"
+import { ResumableStreams } from "../resume/ResumableStreams.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import * as Provider from "../openai/Provider.js"
 import * as Handlers from "../rpc/Handlers.js"
@@ -37,27 +38,39 @@ export const layerTools: Layer.Layer<ToolRegistry, never, AppConfig> = BuiltinTo
   Layer.provideMerge(ToolRegistry.layer)
 )
 
-/** The database chosen by DB_TYPE and the request ledger written to it. */
-export const layerLedger: Layer.Layer<Ledger | Database, DatabaseError | ConfigError.ConfigError> = Ledger.layerConfig.pipe(
+/**
+ * The database chosen by DB_TYPE, the request ledger written to it, and the
+ * resumable streams kept in it.
+ */
+export const layerLedger: Layer.Layer<
+  Ledger | Database | ResumableStreams,
+  DatabaseError | ConfigError.ConfigError,
+  Hub
+> = Layer.merge(Ledger.layerConfig, ResumableStreams.layerConfig).pipe(
   Layer.provideMerge(Database.layerConfig)
 )
 
-/** No database: nothing is recorded and /usage answers 404 (what DB_TYPE=none gives). */
-export const layerNoLedger: Layer.Layer<Ledger | Database> = Ledger.layer().pipe(
+/**
+ * No database: nothing is recorded, /usage answers 404, and resumable
+ * streams live in memory only (what DB_TYPE=none gives).
+ */
+export const layerNoLedger: Layer.Layer<Ledger | Database | ResumableStreams, never, Hub> = Layer.merge(
+  Ledger.layer(),
+  ResumableStreams.layer()
+).pipe(
   Layer.provideMerge(Layer.orDie(Database.layer({ type: "none" })))
 )
 
 /** The default services: Hub, the tools, the provider chosen by LLM_PROVIDER, the database and the ledger. */
 export const layerServices: Layer.Layer<
-  Hub | ToolRegistry | OpenAi | Ledger | Database,
+  Hub | ToolRegistry | OpenAi | Ledger | Database | ResumableStreams,
   DatabaseError | ConfigError.ConfigError,
   AppConfig
 > = Layer.mergeAll(
-  Hub.layer,
   layerTools,
   Provider.layer,
   layerLedger
-)
+).pipe(Layer.provideMerge(Hub.layer))
 
 /** The Node HTTP server on SERVER_HOST:SERVER_PORT. */
 export const layerHttpServer = NodeServer.layerConfig

@@ -7,15 +7,16 @@
  */
 import { Headers } from "@effect/platform"
 import { Rpc, RpcSchema } from "@effect/rpc"
-import { Context, Effect, Either, Mailbox, type ParseResult, Schema, Stream } from "effect"
-import { type AiBaseError, InternalError, isAiBaseError, ValidationError } from "../protocol/Errors.js"
+import { Cause, Context, Effect, Either, Exit, identity, Mailbox, Option, type ParseResult, Schema, Stream } from "effect"
+import { isShutdown, stoppedAtShutdown } from "../hub/Hub.js"
+import { type AiBaseError, CancelledError, InternalError, isAiBaseError, ValidationError } from "../protocol/Errors.js"
 import { CANCEL, CANCEL_RESPONSE, CancelResponse, ErrorFrame, errorFrame, RequestEnvelope } from "../protocol/Frames.js"
 import { jsonDepthExceeds, MAX_JSON_DEPTH, tooDeep } from "../protocol/JsonDepth.js"
 import { type AiBaseRpc, AiBaseRpcs, PLAIN_EVENTS, type WireName, WireNames } from "../protocol/Rpcs.js"
-import { validationError } from "../protocol/Validation.js"
+import { decodeSafely, validationError } from "../protocol/Validation.js"
 import { Ledger, RECORDED_RPCS } from "../ledger/Ledger.js"
 import * as RequestRecord from "../ledger/RequestRecord.js"
-import type { Caller } from "../ledger/RequestRecord.js"
+import { type Caller, isDisconnect } from "../ledger/RequestRecord.js"
 import { PushHandlers, type StreamEvent } from "../rpc/Handlers.js"
 
 /**
@@ -48,9 +49,30 @@ export interface Incoming {
 const decodeEnvelope = Schema.decodeUnknownEither(RequestEnvelope)
 const encodeErrorFrame = Schema.encodeSync(ErrorFrame)
 
-/** A frame around data that is already in its JSON form. */
-const frame = (type: string, requestId: string, data: unknown): string =>
-  `{"type":${JSON.stringify(type)},"request_id":${JSON.stringify(requestId)},"data":${JSON.stringify(data)}}`
+/** A frame around data that is already in its JSON form (with its `seq` when it is a stream's). */
+const frame = (type: string, requestId: string, data: unknown, seq?: number): string =>
+  `{"type":${JSON.stringify(type)},"request_id":${JSON.stringify(requestId)},${seq === undefined ? "" : `"seq":${seq},`}"data":${
+    JSON.stringify(data)
+  }}`
+
+const encodeError = (requestId: string | null, error: AiBaseError, seq?: number): string =>
+  JSON.stringify(encodeErrorFrame(errorFrame(requestId, error, seq)))
+
+const streamCancelled = new CancelledError({ code: "cancelled", message: "The request was cancelled by the client" })
+const streamFailed = new InternalError({ code: "internal_error", message: "The request failed unexpectedly" })
+
+/**
+ * The error frame that ends a stream, from how it ended: none when its
+ * client went away (nobody to tell).
+ */
+const streamError = (cause: Cause.Cause<AiBaseError>): AiBaseError | undefined => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) return failure.value
+  if (!Cause.isInterruptedOnly(cause)) return streamFailed
+  const interruptors = Cause.interruptors(cause)
+  if (isDisconnect(interruptors)) return undefined
+  return isShutdown(interruptors) ? stoppedAtShutdown : streamCancelled
+}
 
 const encodingFailed = (error: ParseResult.ParseError) =>
   Effect.logError("A handler produced a value its Schema rejects", error).pipe(
@@ -73,7 +95,7 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
     const names: WireName = WireNames[rpc._tag]
     const invoke = handlerOf(context, rpc.key)
     const payloadSchema: Schema.Schema.AnyNoContext = rpc.payloadSchema
-    const decodePayload = Schema.decodeUnknownEither(payloadSchema, { onExcessProperty: "ignore" })
+    const decodePayload = decodeSafely(Schema.decodeUnknownEither(payloadSchema, { onExcessProperty: "ignore" }), identity)
     const invalidPayload = (error: ParseResult.ParseError) => validationError("invalid_payload", error, ["payload"])
     const successSchema: Schema.Schema.AnyNoContext = rpc.successSchema
 
@@ -83,18 +105,24 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
       const encodeEvent = Schema.encodeUnknownEither(eventSchema)
       const end = names.end
       const push = pushHandlers.get(rpc._tag)
-      run = (requestId, payload, emit) => {
+      run = (requestId, payload, emit, caller) => {
         let ended = false
+        /** The seq of the last frame sent: the stream's own numbers, or a count. */
+        let seq = 0
         const quotedId = JSON.stringify(requestId)
         // One synchronous call per event: encode, frame, hand to the connection.
         const sink = (event: StreamEvent): Promise<void> | undefined => {
+          seq = event.seq ?? seq + 1
           if (PLAIN_EVENTS.has(event._tag)) {
-            return emit(`{"type":"${event._tag}","request_id":${quotedId},"data":${JSON.stringify(event.data)}}`, false)
+            return emit(
+              `{"type":"${event._tag}","request_id":${quotedId},"seq":${seq},"data":${JSON.stringify(event.data)}}`,
+              false
+            )
           }
           const encoded = encodeEvent(event)
           if (Either.isLeft(encoded)) throw new EncodingFailure(encoded.left)
           ended = encoded.right._tag === end
-          return emit(frame(encoded.right._tag, requestId, encoded.right.data), ended)
+          return emit(frame(encoded.right._tag, requestId, encoded.right.data, seq), ended)
         }
         const stream: Effect.Effect<void, AiBaseError> = push === undefined
           ? Either.match(decodePayload(payload), {
@@ -102,13 +130,23 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
             onRight: (decoded) =>
               Stream.runForEach(asStream(invoke(decoded)), (event) => Effect.suspend(() => awaitEmit(sink(event))))
           })
-          : Either.match(push.run(payload), {
+          : Either.match(push.run(payload, caller), {
             onLeft: (error) => Effect.fail(invalidPayload(error)),
             onRight: (stream) => stream(sink)
           })
         return stream.pipe(
           Effect.catchAllDefect((defect) => defect instanceof EncodingFailure ? encodingFailed(defect.error) : Effect.die(defect)),
-          Effect.zipRight(Effect.suspend(() => ended ? Effect.void : Effect.fail(unfinished)))
+          Effect.zipRight(Effect.suspend(() => ended ? Effect.void : Effect.fail(unfinished))),
+          // A stream's last frame is numbered like the others, so the route sends its error frame itself.
+          Effect.onExit((exit) =>
+            Effect.sync(() => {
+              if (ended || Exit.isSuccess(exit)) return
+              const error = streamError(exit.cause)
+              if (error === undefined) return
+              ended = true
+              emit(encodeError(requestId, error, seq + 1), true)
+            })
+          )
         )
       }
     } else {
@@ -166,7 +204,7 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
   return {
     routes,
     read,
-    encodeError: (requestId, error) => JSON.stringify(encodeErrorFrame(errorFrame(requestId, error))),
+    encodeError: (requestId, error) => encodeError(requestId, error),
     encodeCancelResponse: (requestId, data) => frame(CANCEL_RESPONSE, requestId, data)
   }
 })
@@ -177,7 +215,7 @@ const recorded = (ledger: Ledger["Type"], type: string, run: Route["run"]): Rout
   const record = ledger.begin(requestId, type, caller)
   return run(requestId, payload, emit, caller).pipe(
     Effect.locally(RequestRecord.current, record),
-    Effect.onExit((exit) => Effect.sync(() => ledger.finish(record, exit)))
+    Effect.onExit((exit) => Effect.sync(() => record.finishedBy === "request" && ledger.finish(record, exit)))
   )
 }
 

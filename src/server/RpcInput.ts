@@ -27,7 +27,7 @@ import { jsonDepthExceeds, MAX_JSON_DEPTH, tooDeep } from "../protocol/JsonDepth
 import { type Rpc, RpcGroup, RpcSerialization } from "@effect/rpc"
 import { Context, Effect, Layer, ParseResult, Schema } from "effect"
 import { ValidationError } from "../protocol/Errors.js"
-import { validationError } from "../protocol/Validation.js"
+import { parseSafely, validationError } from "../protocol/Validation.js"
 
 /**
  * Stands in for the payload of a request that cannot run. Clients cannot
@@ -216,8 +216,8 @@ export const layerSerialization = <R extends Rpc.Any>(
  */
 export const lenient = <A, I, R>(schema: Schema.Schema<A, I, R>): Schema.Schema<unknown, unknown, R> => {
   // Default options first: `errors: "all"` doubles the cost of a valid payload.
-  const decode = ParseResult.decodeUnknown(schema)
-  const decodeAll = ParseResult.decodeUnknown(schema, { errors: "all", onExcessProperty: "ignore" })
+  const decode = parseSafely(ParseResult.decodeUnknown(schema))
+  const decodeAll = parseSafely(ParseResult.decodeUnknown(schema, { errors: "all", onExcessProperty: "ignore" }))
   const encode = ParseResult.encodeUnknown(schema)
   const invalid = (issue: ParseResult.ParseIssue) =>
     ParseResult.succeed(new InvalidRequest(validationError("invalid_payload", ParseResult.parseError(issue), ["payload"])))

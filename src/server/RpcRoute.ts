@@ -36,13 +36,6 @@ export class RequestGuard extends RpcMiddleware.Tag<RequestGuard>()("aibase/Requ
   failure: AiBaseError
 }) {}
 
-/**
- * Who is on the connection a request came in on. Set on the fiber that
- * serves the socket; RpcServer runs each request with that fiber's
- * FiberRefs, so the guard reads it per request.
- */
-const currentCaller = FiberRef.unsafeMake<Caller | undefined>(undefined)
-
 /** The /ws name of each Rpc the ledger records, by tag. */
 const recordedTypes: ReadonlyMap<string, string> = new Map(
   [...RECORDED_RPCS].map((tag) => [tag, WireNames[tag].request])
@@ -79,11 +72,11 @@ const layerRequestGuard = Layer.effect(
     ): Effect.Effect<A, E, R> => {
       const type = recordedTypes.get(tag)
       if (type === undefined) return request
-      return Effect.flatMap(FiberRef.get(currentCaller), (caller) => {
+      return Effect.flatMap(FiberRef.get(RequestRecord.currentCaller), (caller) => {
         const record = ledger.begin(headers[RpcInput.REQUEST_ID_HEADER] ?? "", type, caller ?? RequestRecord.inProcess)
         return request.pipe(
           Effect.locally(RequestRecord.current, record),
-          Effect.onExit((exit) => Effect.sync(() => ledger.finish(record, exit)))
+          Effect.onExit((exit) => Effect.sync(() => record.finishedBy === "request" && ledger.finish(record, exit)))
         )
       })
     }
@@ -165,7 +158,7 @@ const route = Layer.scopedDiscard(Effect.gen(function*() {
         { closeCodeIsError: () => false }
       )
       yield* dropWhenNotReading(raw, limits.maxBufferedBytes, server.writeTimeout).pipe(Effect.forkScoped)
-      yield* sockets.serve(socket).pipe(Effect.locally(currentCaller, caller))
+      yield* sockets.serve(socket).pipe(Effect.locally(RequestRecord.currentCaller, caller))
     }).pipe(
       Effect.scoped,
       // The RPC server only stops serving an open socket when it failed.

@@ -37,10 +37,11 @@ export const withTools = <Tools>(tools: Layer.Layer<Tools, never, AppConfig>, op
     ...options.env
   }
   return AiBaseServer.layerServer.pipe(
-    Layer.provideMerge(Layer.mergeAll(Hub.layer, tools, options.openai ?? OfflineModel.layer)),
+    Layer.provideMerge(Layer.mergeAll(tools, options.openai ?? OfflineModel.layer)),
     Layer.provideMerge(AiBaseServer.layerLedger.pipe(
       Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
     )),
+    Layer.provideMerge(Hub.layer),
     Layer.provide(Logging.layer),
     Layer.provideMerge(AppConfig.layerFromEnv(env)),
     Layer.orDie

@@ -1,0 +1,328 @@
+/**
+ * Resumable streams: a streamed completion that outlives its connection.
+ *
+ * A resumable stream runs in a fiber of its own (counted by the Hub), not
+ * in the request that started it. Every frame it produces gets its `seq`,
+ * is kept in memory and stored through the database in batches. Requests
+ * *attach* to it: the one that started it from the beginning, a `resume`
+ * from any `after`. An attachment replays what it has not seen, then
+ * receives frames as they come, straight from the producer (with the
+ * client's backpressure, like a plain stream), until the stream's final
+ * frame.
+ *
+ * - A dropped connection detaches: the stream goes on, and is cancelled
+ *   (its upstream call aborted) if nobody attaches within
+ *   RESUME_DETACHED_SECONDS.
+ * - Cancelling an attachment cancels the stream.
+ * - A second attachment takes over: the first ends with `cancelled`
+ *   (`resumed_elsewhere`).
+ * - Unknown, expired and other principals' streams are `not_found`
+ *   (`stream_not_found`), so existence does not leak.
+ *
+ * A stream this instance no longer holds (after a restart, or one another
+ * instance ran to its end) is replayed from the database.
+ */
+import {
+  Cause,
+  Config,
+  type ConfigError,
+  Context,
+  Duration,
+  Effect,
+  Exit,
+  type Fiber,
+  FiberId,
+  HashSet,
+  Layer,
+  Option,
+  Runtime,
+  type Scope
+} from "effect"
+import { randomBytes } from "node:crypto"
+import { Database } from "../db/Database.js"
+import { Hub, isShutdown, ShutdownFiberId, stoppedAtShutdown } from "../hub/Hub.js"
+import { INSTANCE } from "../ledger/Ledger.js"
+import { isDisconnect } from "../ledger/RequestRecord.js"
+import { type AiBaseError, CancelledError, NotFoundError, UpstreamError } from "../protocol/Errors.js"
+import { type ChatStreamEvent, type ResumeRequest, STREAM_END, STREAM_START } from "../protocol/Rpcs.js"
+import type * as Push from "../stream/Push.js"
+import * as StreamStore from "./StreamStore.js"
+
+export interface ResumableStreamsOptions {
+  /** How long a stream nobody is attached to keeps running (RESUME_DETACHED_SECONDS). Default 60 s. */
+  readonly detached?: Duration.DurationInput | undefined
+  /** How long a stream can be resumed after it ended (RESUME_RETENTION_SECONDS). Default 600 s. */
+  readonly retention?: Duration.DurationInput | undefined
+  /** Frames held for the database while it is slow or down. Default 100,000. */
+  readonly bufferSize?: number | undefined
+}
+
+type Frame = ChatStreamEvent & { readonly seq: number }
+
+interface Attachment {
+  readonly sink: Push.Sink<ChatStreamEvent>
+  /** The seq of the last frame handed to the sink. */
+  cursor: number
+  /** Caught up: the producer hands new frames straight to the sink. */
+  live: boolean
+  takenOver: boolean
+  /** Wakes the attachment while it waits (the stream ended, or it was taken over). */
+  notify: (() => void) | undefined
+}
+
+/** A stream this instance runs or ran, while it can still be resumed. */
+interface Entry {
+  readonly id: string
+  readonly principal: string
+  /** frames[i].seq === i + 1 */
+  readonly frames: Array<Frame>
+  /** Set when the stream has ended: with the error that ended it, if any. */
+  final: { readonly error: AiBaseError | undefined } | undefined
+  attachment: Attachment | undefined
+  fiber: Fiber.RuntimeFiber<void, AiBaseError> | undefined
+  detachTimer: ReturnType<typeof setTimeout> | undefined
+}
+
+/** Interrupts a stream nobody attached to within RESUME_DETACHED_SECONDS. */
+const AbandonedFiberId = FiberId.make(-1003, 0)
+
+const notFound = new NotFoundError({
+  code: "stream_not_found",
+  message: "No resumable stream with this stream_id (unknown, expired, or not yours)"
+})
+const resumedElsewhere = new CancelledError({
+  code: "resumed_elsewhere",
+  message: "The stream was resumed by another request; this one gets nothing more"
+})
+const cancelled = new CancelledError({ code: "cancelled", message: "The request was cancelled by the client" })
+const abandoned = new CancelledError({
+  code: "abandoned",
+  message: "Nobody resumed the stream in time, so it was stopped"
+})
+const interrupted = new UpstreamError({
+  code: "stream_interrupted",
+  message: "The server that ran this stream stopped before it ended"
+})
+
+/** The error a producer's exit leaves as the stream's last frame, or undefined when it ended well. */
+const finalError = (exit: Exit.Exit<void, AiBaseError>): AiBaseError | undefined => {
+  if (Exit.isSuccess(exit)) return undefined
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isSome(failure)) return failure.value
+  const interruptors = Cause.interruptors(exit.cause)
+  if (isShutdown(interruptors)) return stoppedAtShutdown
+  if (Cause.isInterruptedOnly(exit.cause)) return HashSet.has(interruptors, AbandonedFiberId) ? abandoned : cancelled
+  return interrupted
+}
+
+export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<ResumableStreams, {
+  /**
+   * Runs `push` as a resumable stream of `principal`'s and attaches the
+   * calling request to it from the beginning (its first frame is
+   * `chat_completion_stream_start`, with the stream's id).
+   */
+  readonly start: (
+    push: Push.PushStream<ChatStreamEvent, AiBaseError>,
+    principal: string
+  ) => Push.PushStream<ChatStreamEvent, AiBaseError>
+  /** Attaches the calling request to a stream: its frames after `after`, then the live ones. */
+  readonly resume: (request: ResumeRequest, principal: string) => Push.PushStream<ChatStreamEvent, AiBaseError>
+}>() {
+  static readonly make = (
+    options: ResumableStreamsOptions = {}
+  ): Effect.Effect<ResumableStreams["Type"], never, Hub | Database | Scope.Scope> =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const database = yield* Database
+      const detachedMs = Duration.toMillis(options.detached ?? Duration.seconds(60))
+      const retention = Duration.decode(options.retention ?? Duration.seconds(600))
+      const retentionMs = Duration.toMillis(retention)
+      const store = yield* StreamStore.make(database, { retention, bufferSize: options.bufferSize ?? 100_000 })
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+      const streams = new Map<string, Entry>()
+
+      /** Replays what the attachment has not seen, then waits for the producer, until the final frame. */
+      const pump = (entry: Entry, me: Attachment): Effect.Effect<void, AiBaseError> =>
+        Effect.gen(function*() {
+          while (true) {
+            if (me.takenOver) return yield* resumedElsewhere
+            while (me.cursor < entry.frames.length) {
+              const frame = entry.frames[me.cursor]!
+              me.cursor = frame.seq
+              const wait = me.sink(frame)
+              if (wait !== undefined) yield* Effect.promise(() => wait)
+              if (me.takenOver) return yield* resumedElsewhere
+            }
+            if (entry.final !== undefined) {
+              if (entry.attachment === me) entry.attachment = undefined
+              if (entry.final.error !== undefined) return yield* Effect.fail(entry.final.error)
+              return
+            }
+            me.live = true
+            yield* Effect.async<void>((resume) => {
+              me.notify = () => {
+                me.notify = undefined
+                me.live = false
+                resume(Effect.void)
+              }
+            })
+          }
+        })
+
+      /** An attachment that leaves without the stream having ended: a drop detaches, a cancel cancels. */
+      const leave = (entry: Entry, me: Attachment, interruptors: HashSet.HashSet<FiberId.FiberId>) => {
+        if (entry.attachment !== me) return
+        entry.attachment = undefined
+        if (entry.final !== undefined || entry.fiber === undefined) return
+        if (isShutdown(interruptors)) return
+        if (isDisconnect(interruptors)) {
+          const fiber = entry.fiber
+          entry.detachTimer = setTimeout(() => fiber.unsafeInterruptAsFork(AbandonedFiberId), detachedMs)
+          return
+        }
+        entry.fiber.unsafeInterruptAsFork(FiberId.none)
+      }
+
+      const attach = (entry: Entry, after: number): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
+        Effect.suspend(() => {
+          const me: Attachment = { sink, cursor: Math.min(after, entry.frames.length), live: false, takenOver: false, notify: undefined }
+          const previous = entry.attachment
+          if (previous !== undefined) {
+            previous.takenOver = true
+            previous.live = false
+            previous.notify?.()
+          }
+          entry.attachment = me
+          if (entry.detachTimer !== undefined) {
+            clearTimeout(entry.detachTimer)
+            entry.detachTimer = undefined
+          }
+          return pump(entry, me).pipe(Effect.onInterrupt((interruptors) => Effect.sync(() => leave(entry, me, interruptors))))
+        })
+
+      /** Keeps a frame, stores it, and hands it to an attachment that is caught up. */
+      const record = (entry: Entry) => (event: ChatStreamEvent): Promise<void> | undefined => {
+        const frame: Frame = { ...event, seq: entry.frames.length + 1 }
+        entry.frames.push(frame)
+        store.putEvent(entry.id, frame)
+        const attachment = entry.attachment
+        if (attachment === undefined || !attachment.live) return undefined
+        attachment.cursor = frame.seq
+        return attachment.sink(frame)
+      }
+
+      const finish = (entry: Entry, row: StreamStore.StreamRow, exit: Exit.Exit<void, AiBaseError>) => {
+        entry.fiber = undefined
+        if (entry.detachTimer !== undefined) clearTimeout(entry.detachTimer)
+        const error = finalError(exit)
+        if (error !== undefined) store.putError(entry.id, entry.frames.length + 1, error)
+        entry.final = { error }
+        const now = Date.now()
+        store.putStream({ ...row, lease_until: now, finished_at: now })
+        entry.attachment?.notify?.()
+        setTimeout(() => streams.delete(entry.id), retentionMs).unref()
+      }
+
+      const start = (
+        push: Push.PushStream<ChatStreamEvent, AiBaseError>,
+        principal: string
+      ): Push.PushStream<ChatStreamEvent, AiBaseError> =>
+      (sink) =>
+        Effect.suspend(() => {
+          const id = randomBytes(18).toString("base64url")
+          const now = Date.now()
+          const entry: Entry = {
+            id,
+            principal,
+            frames: [],
+            final: undefined,
+            attachment: undefined,
+            fiber: undefined,
+            detachTimer: undefined
+          }
+          const row: StreamStore.StreamRow = {
+            id,
+            principal,
+            instance: INSTANCE,
+            started_at: now,
+            resumable_until: now + retentionMs,
+            lease_until: now + retentionMs,
+            finished_at: null
+          }
+          streams.set(id, entry)
+          store.putStream(row)
+          record(entry)({
+            _tag: STREAM_START,
+            data: { stream_id: id, resumable_until: new Date(row.resumable_until).toISOString() }
+          })
+          const fiber = runFork(push(record(entry)))
+          entry.fiber = fiber
+          // Counted like a request: the drain waits for it, and stops it at the end of the grace period.
+          if (!hub.unsafeTrack(fiber)) fiber.unsafeInterruptAsFork(ShutdownFiberId)
+          fiber.addObserver((exit) => finish(entry, row, exit))
+          return attach(entry, 0)(sink)
+        })
+
+      /** A stream this instance does not hold, from the database. */
+      const replayStored = (row: StreamStore.StreamRow, after: number): Push.PushStream<ChatStreamEvent, AiBaseError> =>
+      (sink) =>
+        Effect.gen(function*() {
+          const frames = yield* store.frames(row.id, after).pipe(Effect.orDie)
+          for (const frame of frames) {
+            if (frame._tag === "error") return yield* Effect.fail(frame.error)
+            const wait = sink(frame.event)
+            if (wait !== undefined) yield* Effect.promise(() => wait)
+          }
+          // Stored without its end: the instance that ran it stopped before it ended.
+          const last = frames.at(-1)
+          if (last === undefined || last._tag !== "event" || last.event._tag !== STREAM_END) return yield* interrupted
+        })
+
+      const resume = (request: ResumeRequest, principal: string): Push.PushStream<ChatStreamEvent, AiBaseError> =>
+      (sink) =>
+        Effect.suspend(() => {
+          const after = request.after ?? 0
+          const entry = streams.get(request.stream_id)
+          if (entry !== undefined) return entry.principal === principal ? attach(entry, after)(sink) : Effect.fail(notFound)
+          return store.find(request.stream_id).pipe(
+            Effect.orDie,
+            Effect.flatMap(Option.match({
+              onNone: () => Effect.fail(notFound),
+              onSome: (row) => row.principal === principal ? replayStored(row, after)(sink) : Effect.fail(notFound)
+            }))
+          )
+        })
+
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          for (const entry of streams.values()) {
+            if (entry.detachTimer !== undefined) clearTimeout(entry.detachTimer)
+            entry.fiber?.unsafeInterruptAsFork(ShutdownFiberId)
+          }
+        })
+      )
+
+      return ResumableStreams.of({ start, resume })
+    })
+
+  static readonly layer = (options: ResumableStreamsOptions = {}): Layer.Layer<ResumableStreams, never, Hub | Database> =>
+    Layer.scoped(ResumableStreams, ResumableStreams.make(options))
+
+  /** RESUME_DETACHED_SECONDS and RESUME_RETENTION_SECONDS. */
+  static readonly config: Config.Config<ResumableStreamsOptions> = Config.all({
+    detached: Config.number("RESUME_DETACHED_SECONDS").pipe(
+      Config.validate({ message: "Expected a positive number of seconds", validation: (n) => n > 0 }),
+      Config.withDefault(60),
+      Config.map(Duration.seconds)
+    ),
+    retention: Config.number("RESUME_RETENTION_SECONDS").pipe(
+      Config.validate({ message: "Expected a positive number of seconds", validation: (n) => n > 0 }),
+      Config.withDefault(600),
+      Config.map(Duration.seconds)
+    )
+  })
+
+  static readonly layerConfig: Layer.Layer<ResumableStreams, ConfigError.ConfigError, Hub | Database> = Layer.unwrapEffect(
+    Effect.map(ResumableStreams.config, ResumableStreams.layer)
+  )
+}

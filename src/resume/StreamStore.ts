@@ -1,0 +1,168 @@
+/**
+ * Where resumable streams are kept in the database: a row per stream
+ * (`aibase_streams`) and a row per frame (`aibase_stream_frames`), written
+ * in batches in the background (see BatchWriter), read back when a stream
+ * is resumed that this instance no longer holds in memory, and swept once
+ * their retention is over. Without a database (DB_TYPE=none) nothing is
+ * stored and streams live in memory only.
+ */
+import type { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Duration, Effect, Either, Option, ParseResult, Schedule, Schema, type Scope } from "effect"
+import * as BatchWriter from "../db/BatchWriter.js"
+import type { DatabaseShape } from "../db/Database.js"
+import { AiBaseError } from "../protocol/Errors.js"
+import { type ChatStreamEvent, ChatStreamEvent as ChatStreamEventSchema, PLAIN_EVENTS } from "../protocol/Rpcs.js"
+
+export type StreamRow = {
+  readonly id: string
+  readonly principal: string
+  readonly instance: string
+  readonly started_at: number
+  readonly resumable_until: number
+  readonly lease_until: number
+  readonly finished_at: number | null
+}
+
+type FrameRowOut = { readonly stream_id: string; readonly seq: number; readonly type: string; readonly data: string }
+
+/** A stored frame: an event, or the error that ended the stream. */
+export type StoredFrame =
+  | { readonly _tag: "event"; readonly event: ChatStreamEvent & { readonly seq: number } }
+  | { readonly _tag: "error"; readonly seq: number; readonly error: AiBaseError }
+
+type Op =
+  | { readonly _tag: "stream"; readonly row: StreamRow }
+  | { readonly _tag: "frame"; readonly row: FrameRowOut }
+
+/** The type stored for the error that ends a failed stream. */
+const ERROR = "error"
+
+const encodeEvent = Schema.encodeUnknownSync(ChatStreamEventSchema)
+const decodeEvent = Schema.decodeUnknownEither(ChatStreamEventSchema)
+const encodeError = Schema.encodeSync(AiBaseError)
+const decodeError = Schema.decodeUnknownEither(AiBaseError)
+
+const Numeric = Schema.Union(Schema.Number, Schema.NumberFromString)
+const StreamRowSchema = Schema.Struct({
+  id: Schema.String,
+  principal: Schema.String,
+  instance: Schema.String,
+  started_at: Numeric,
+  resumable_until: Numeric,
+  lease_until: Numeric,
+  finished_at: Schema.NullOr(Numeric)
+})
+const FrameRow = Schema.Struct({ seq: Numeric, type: Schema.String, data: Schema.String })
+const decodeStreamRows = Schema.decodeUnknown(Schema.Array(StreamRowSchema))
+const decodeFrameRows = Schema.decodeUnknown(Schema.Array(FrameRow))
+
+/** The frame's data in JSON: chunks as they are (their decoded form is their JSON form), other events encoded. */
+const dataOf = (event: ChatStreamEvent): string =>
+  JSON.stringify(PLAIN_EVENTS.has(event._tag) ? event.data : encodeEvent(event).data)
+
+const toStoredFrame = (row: typeof FrameRow.Type): Either.Either<StoredFrame, ParseResult.ParseError> => {
+  const data: unknown = JSON.parse(row.data)
+  if (row.type === ERROR) return Either.map(decodeError(data), (error) => ({ _tag: "error" as const, seq: row.seq, error }))
+  return Either.map(
+    decodeEvent({ _tag: row.type, data, seq: row.seq }),
+    (event) => ({ _tag: "event" as const, event: { ...event, seq: row.seq } })
+  )
+}
+
+export interface StreamStore {
+  readonly putStream: (row: StreamRow) => void
+  readonly putEvent: (streamId: string, event: ChatStreamEvent & { readonly seq: number }) => void
+  readonly putError: (streamId: string, seq: number, error: AiBaseError) => void
+  /** A stream's row, if stored and not past its retention. */
+  readonly find: (id: string) => Effect.Effect<Option.Option<StreamRow>, SqlError | ParseResult.ParseError>
+  /** A stream's frames after `after`, in order. */
+  readonly frames: (id: string, after: number) => Effect.Effect<ReadonlyArray<StoredFrame>, SqlError | ParseResult.ParseError>
+  /** Writes everything buffered now. */
+  readonly flush: Effect.Effect<void, SqlError>
+}
+
+const write = (sql: SqlClient.SqlClient, batch: ReadonlyArray<Op>) =>
+  Effect.gen(function*() {
+    // The latest row of each stream, then the frames.
+    const streams = new Map<string, StreamRow>()
+    const frames: Array<FrameRowOut> = []
+    for (const op of batch) {
+      if (op._tag === "stream") streams.set(op.row.id, op.row)
+      else frames.push(op.row)
+    }
+    if (streams.size > 0) {
+      yield* sql`INSERT INTO aibase_streams ${sql.insert([...streams.values()])}
+        ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until, finished_at = excluded.finished_at`
+    }
+    if (frames.length > 0) {
+      yield* sql`INSERT INTO aibase_stream_frames ${sql.insert(frames)} ON CONFLICT (stream_id, seq) DO NOTHING`
+    }
+  })
+
+export const make = (
+  database: DatabaseShape,
+  options: { readonly retention: Duration.Duration; readonly bufferSize: number }
+): Effect.Effect<StreamStore, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    if (Option.isNone(database.client)) {
+      return {
+        putStream: () => {},
+        putEvent: () => {},
+        putError: () => {},
+        find: () => Effect.succeed(Option.none()),
+        frames: () => Effect.succeed([]),
+        flush: Effect.void
+      }
+    }
+    const client = database.client.value
+    const retentionMs = Duration.toMillis(options.retention)
+    const writer = yield* BatchWriter.make<Op>({
+      name: "resumable streams' frames",
+      client,
+      write,
+      bufferSize: options.bufferSize,
+      // Frames are what a resumer on another instance waits for.
+      linger: Duration.millis(50)
+    })
+
+    // Streams that ended more than their retention ago go, with their frames.
+    const sweep = Effect.gen(function*() {
+      const sql = yield* client
+      const before = Date.now() - retentionMs
+      yield* sql`DELETE FROM aibase_stream_frames WHERE stream_id IN
+        (SELECT id FROM aibase_streams WHERE finished_at IS NOT NULL AND finished_at < ${before})`
+      yield* sql`DELETE FROM aibase_streams WHERE finished_at IS NOT NULL AND finished_at < ${before}`
+    }).pipe(Effect.catchAll((error) => Effect.logWarning("Could not sweep expired resumable streams", error.message)))
+    yield* sweep.pipe(
+      Effect.repeat(Schedule.spaced(Duration.min(options.retention, Duration.minutes(1)))),
+      Effect.forkScoped
+    )
+
+    return {
+      putStream: (row) => writer.offer({ _tag: "stream", row }),
+      putEvent: (streamId, event) =>
+        writer.offer({ _tag: "frame", row: { stream_id: streamId, seq: event.seq, type: event._tag, data: dataOf(event) } }),
+      putError: (streamId, seq, error) =>
+        writer.offer({ _tag: "frame", row: { stream_id: streamId, seq, type: ERROR, data: JSON.stringify(encodeError(error)) } }),
+      find: (id) =>
+        Effect.gen(function*() {
+          const sql = yield* client
+          const rows = yield* sql`SELECT * FROM aibase_streams WHERE id = ${id}`.pipe(Effect.flatMap(decodeStreamRows))
+          const row = rows[0]
+          if (row === undefined) return Option.none()
+          if (row.finished_at !== null && row.finished_at + retentionMs < Date.now()) return Option.none()
+          return Option.some(row)
+        }),
+      frames: (id, after) =>
+        Effect.gen(function*() {
+          const sql = yield* client
+          const rows = yield* sql`SELECT seq, type, data FROM aibase_stream_frames
+            WHERE stream_id = ${id} AND seq > ${after} ORDER BY seq`.pipe(Effect.flatMap(decodeFrameRows))
+          const frames: Array<StoredFrame> = []
+          for (const row of rows) frames.push(yield* toStoredFrame(row))
+          return frames
+        }),
+      flush: writer.flush
+    }
+  })
