@@ -106,6 +106,7 @@ describe("resumable streams", () => {
   it.scopedLive("a dropped connection resumes on a new one with no gap, no duplicate and one final frame", () =>
     Effect.gen(function*() {
       const { connect, fake } = yield* server()
+      fake.enqueue(slowText(0))
       const uninterrupted = textOf(yield* Effect.flatMap(connect(), (client) => client.request(streamRequest("whole", false))))
       expect(uninterrupted).toBe(TEXT)
 
@@ -148,12 +149,14 @@ describe("resumable streams", () => {
       let last: ReadonlyArray<ServerFrame> = []
       let attempt = 0
       yield* Wait.waitFor(
-        Effect.map(client.request({ type: "resume", request_id: `late-${++attempt}`, payload: { stream_id: streamId } }), (frames) => {
-          last = frames
-          return frames.length === 1 && frames[0]?.type === "error"
-        }),
+        Effect.suspend(() =>
+          Effect.map(client.request({ type: "resume", request_id: `late-${++attempt}`, payload: { stream_id: streamId } }), (frames) => {
+            last = frames
+            return frames.length === 1 && frames[0]?.type === "error"
+          })
+        ),
         { message: "the stream to expire", timeout: "10 seconds", interval: "200 millis" }
-      )
+      ).pipe(Effect.tapError(() => Effect.sync(() => console.error("last answer", JSON.stringify(last).slice(0, 300)))))
       expect(last[0]).toMatchObject({ type: "error", data: { category: "not_found", code: "stream_not_found" } })
     }))
 
