@@ -39,8 +39,8 @@ export interface Stats {
 }
 
 export interface BatchWriter<A> {
-  /** Queues an item; never blocks. */
-  readonly offer: (item: A) => void
+  /** Queues an item; never blocks. `urgent` writes it without letting others gather first. */
+  readonly offer: (item: A, urgent?: boolean) => void
   /** Writes everything buffered now. */
   readonly flush: Effect.Effect<void, SqlError>
   readonly stats: () => Stats
@@ -63,14 +63,14 @@ export const make = <A>(options: Options<A>): Effect.Effect<BatchWriter<A>, neve
     const batchFull = yield* Effect.makeLatch(false)
     const overflowed = yield* Effect.makeLatch(false)
 
-    const offer = (item: A): void => {
+    const offer = (item: A, urgent = false): void => {
       if (buffer.length >= bufferSize) {
         dropped++
         droppedUnreported++
         overflowed.unsafeOpen()
       } else {
         buffer.push(item)
-        if (buffer.length >= batchSize) batchFull.unsafeOpen()
+        if (urgent || buffer.length >= batchSize) batchFull.unsafeOpen()
       }
       wake.unsafeOpen()
     }

@@ -26,7 +26,8 @@ import {
   Option,
   Redacted,
   Schedule,
-  Scope
+  Scope,
+  type Stream
 } from "effect"
 import { mkdirSync } from "node:fs"
 import { dirname } from "node:path"
@@ -64,6 +65,12 @@ export class DatabaseError extends Data.TaggedError("DatabaseError")<{
   readonly cause?: unknown
 }> {}
 
+/** PostgreSQL's LISTEN/NOTIFY: how instances that share a database tell each other things. */
+export interface Channels {
+  readonly listen: (channel: string) => Stream.Stream<string, SqlError>
+  readonly notify: (channel: string, payload: string) => Effect.Effect<void, SqlError>
+}
+
 export interface DatabaseShape {
   /** What is configured: sqlite, postgres, none, or the name a host gave its own client. */
   readonly type: string
@@ -74,6 +81,8 @@ export interface DatabaseShape {
    * is still unreachable this waits for it; `None` when nothing is stored.
    */
   readonly client: Option.Option<Effect.Effect<SqlClient.SqlClient>>
+  /** LISTEN/NOTIFY, when the database is PostgreSQL (waits like `client`). */
+  readonly channels: Option.Option<Effect.Effect<Channels>>
 }
 
 /** How long a connection attempt may take before it counts as a failure. */
@@ -81,6 +90,16 @@ const CONNECT_TIMEOUT = Duration.seconds(5)
 
 /** Retries of a background connection: quick at first, then every 5 seconds. */
 const reconnect = Schedule.exponential(Duration.millis(200)).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
+
+/**
+ * LISTEN/NOTIFY of a PostgreSQL client. NOTIFY goes through `pg_notify`:
+ * PgClient's own `notify` sends `NOTIFY channel, $1`, which PostgreSQL
+ * rejects (NOTIFY takes no parameters).
+ */
+const channelsOf = (client: PgClient.PgClient): Channels => ({
+  listen: client.listen,
+  notify: (channel, payload) => Effect.asVoid(client`SELECT pg_notify(${channel}, ${payload})`)
+})
 
 const describeCause = (cause: unknown): string => {
   if (cause instanceof Error) {
@@ -160,8 +179,8 @@ const pgClient = (options: Extract<DatabaseOptions, { type: "postgres" }>, locat
   )
 
 /** Opens a client in its own scope, migrated; the scope is closed if anything fails. */
-const openScoped = <E>(
-  open: Effect.Effect<SqlClient.SqlClient, E, Scope.Scope>,
+const openScoped = <C extends SqlClient.SqlClient, E>(
+  open: Effect.Effect<C, E, Scope.Scope>,
   location: string,
   scope: Scope.Scope
 ) =>
@@ -181,20 +200,30 @@ export class Database extends Context.Tag("aibase/Database")<Database, DatabaseS
       const scope = yield* Effect.scope
       switch (options.type) {
         case "none":
-          return { type: "none", location: null, client: Option.none() }
+          return { type: "none", location: null, client: Option.none(), channels: Option.none() }
         case "sqlite": {
           const client = yield* openScoped(sqliteClient(options.filename), options.filename, scope)
-          return { type: "sqlite", location: options.filename, client: Option.some(Effect.succeed(client)) }
+          return {
+            type: "sqlite",
+            location: options.filename,
+            client: Option.some(Effect.succeed(client)),
+            channels: Option.none()
+          }
         }
         case "postgres": {
           const location = pgLocation(options)
           const open = openScoped(pgClient(options, location), location, scope)
           if (options.required !== false) {
             const client = yield* open
-            return { type: "postgres", location, client: Option.some(Effect.succeed(client)) }
+            return {
+              type: "postgres",
+              location,
+              client: Option.some(Effect.succeed(client)),
+              channels: Option.some(Effect.succeed(channelsOf(client)))
+            }
           }
           // Not required: start now, connect (and migrate) in the background.
-          const ready = yield* Deferred.make<SqlClient.SqlClient>()
+          const ready = yield* Deferred.make<PgClient.PgClient>()
           let attempts = 0
           yield* open.pipe(
             // The first failure is news; the retries that follow are not.
@@ -208,7 +237,12 @@ export class Database extends Context.Tag("aibase/Database")<Database, DatabaseS
             Effect.zipRight(Effect.logInfo(`Connected to PostgreSQL at ${location}`)),
             Effect.forkIn(scope)
           )
-          return { type: "postgres", location, client: Option.some(Deferred.await(ready)) }
+          return {
+            type: "postgres",
+            location,
+            client: Option.some(Deferred.await(ready)),
+            channels: Option.some(Effect.map(Deferred.await(ready), channelsOf))
+          }
         }
       }
     })
@@ -226,7 +260,9 @@ export class Database extends Context.Tag("aibase/Database")<Database, DatabaseS
       Effect.gen(function*() {
         const client = yield* SqlClient.SqlClient
         yield* migrate(client, type)
-        return { type, location: null, client: Option.some(Effect.succeed(client)) }
+        // A PostgreSQL client also connects instances (see ResumableStreams).
+        const pg = yield* Effect.serviceOption(PgClient.PgClient)
+        return { type, location: null, client: Option.some(Effect.succeed(client)), channels: Option.map(pg, (client) => Effect.succeed(channelsOf(client))) }
       })
     )
 

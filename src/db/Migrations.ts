@@ -5,7 +5,7 @@
  */
 import * as Migrator from "@effect/sql/Migrator"
 import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import { Duration, Effect, Schedule } from "effect"
 
 /** The table the Migrator keeps its bookkeeping in (ours are all `aibase_`). */
 export const TABLE = "aibase_migrations"
@@ -67,5 +67,12 @@ export const loader: Migrator.Loader = Migrator.fromRecord({
   "2_create_streams": createStreams
 })
 
-/** Brings the connected database up to date; safe to run on every start and from several instances. */
-export const run = Migrator.make({})({ loader, table: TABLE })
+/**
+ * Brings the connected database up to date; safe to run on every start and
+ * from several instances. Instances starting together can collide in
+ * PostgreSQL's catalog (`CREATE TABLE IF NOT EXISTS` is not atomic); the
+ * retry then finds the work done.
+ */
+export const run = Migrator.make({})({ loader, table: TABLE }).pipe(
+  Effect.retry({ times: 3, schedule: Schedule.spaced(Duration.millis(200)) })
+)

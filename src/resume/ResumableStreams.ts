@@ -36,6 +36,7 @@ import {
   Layer,
   Option,
   Runtime,
+  Schedule,
   type Scope
 } from "effect"
 import { randomBytes } from "node:crypto"
@@ -46,6 +47,7 @@ import { isDisconnect } from "../ledger/RequestRecord.js"
 import { type AiBaseError, CancelledError, NotFoundError, UpstreamError } from "../protocol/Errors.js"
 import { type ChatStreamEvent, type ResumeRequest, STREAM_END, STREAM_START } from "../protocol/Rpcs.js"
 import type * as Push from "../stream/Push.js"
+import * as Coordination from "./Coordination.js"
 import * as StreamStore from "./StreamStore.js"
 
 export interface ResumableStreamsOptions {
@@ -60,6 +62,8 @@ export interface ResumableStreamsOptions {
 type Frame = ChatStreamEvent & { readonly seq: number }
 
 interface Attachment {
+  /** Unique per attach: how instances tell attachments apart. */
+  readonly token: string
   readonly sink: Push.Sink<ChatStreamEvent>
   /** The seq of the last frame handed to the sink. */
   cursor: number
@@ -79,9 +83,25 @@ interface Entry {
   /** Set when the stream has ended: with the error that ended it, if any. */
   final: { readonly error: AiBaseError | undefined } | undefined
   attachment: Attachment | undefined
+  /** An attachment on another instance (see Coordination), by its token. */
+  remoteAttachment: string | undefined
   fiber: Fiber.RuntimeFiber<void, AiBaseError> | undefined
   detachTimer: ReturnType<typeof setTimeout> | undefined
 }
+
+/** An attachment to a stream another instance runs. */
+interface RemoteAttachment {
+  readonly id: string
+  takenOver: boolean
+  /** Wakes it while it waits for frames. */
+  wake: (() => void) | undefined
+}
+
+/** How long an instance's lease on the streams it runs lasts, and how often it is renewed. */
+const LEASE = Duration.seconds(5)
+const LEASE_RENEWAL = Duration.millis(1500)
+
+const newToken = () => randomBytes(9).toString("base64url")
 
 /** Interrupts a stream nobody attached to within RESUME_DETACHED_SECONDS. */
 const AbandonedFiberId = FiberId.make(-1003, 0)
@@ -137,9 +157,69 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
       const detachedMs = Duration.toMillis(options.detached ?? Duration.seconds(60))
       const retention = Duration.decode(options.retention ?? Duration.seconds(600))
       const retentionMs = Duration.toMillis(retention)
-      const store = yield* StreamStore.make(database, { retention, bufferSize: options.bufferSize ?? 100_000 })
+      const coordination = yield* Coordination.make(database)
+      const store = yield* StreamStore.make(database, coordination, { retention, bufferSize: options.bufferSize ?? 100_000 })
       const runFork = Runtime.runFork(yield* Effect.runtime<never>())
       const streams = new Map<string, Entry>()
+      /** Attachments of this instance to streams others run, by token. */
+      const remotes = new Map<string, RemoteAttachment>()
+      const leaseMs = Duration.toMillis(LEASE)
+
+      const startDetachTimer = (entry: Entry) => {
+        const fiber = entry.fiber
+        if (fiber === undefined || entry.detachTimer !== undefined) return
+        entry.detachTimer = setTimeout(() => fiber.unsafeInterruptAsFork(AbandonedFiberId), detachedMs)
+      }
+      const stopDetachTimer = (entry: Entry) => {
+        if (entry.detachTimer === undefined) return
+        clearTimeout(entry.detachTimer)
+        entry.detachTimer = undefined
+      }
+
+      // What other instances say about the streams (see Coordination).
+      yield* coordination.onControl((message) => {
+        const entry = streams.get(message.id)
+        switch (message.op) {
+          case "attach": {
+            // Whoever attached last has the stream; every other attachment ends.
+            for (const [token, remote] of remotes) {
+              if (remote.id === message.id && token !== message.token) {
+                remote.takenOver = true
+                remote.wake?.()
+              }
+            }
+            if (entry === undefined) return
+            if (entry.attachment !== undefined && entry.attachment.token !== message.token) takeOver(entry.attachment)
+            if (entry.attachment?.token !== message.token) {
+              entry.attachment = undefined
+              entry.remoteAttachment = message.token
+              stopDetachTimer(entry)
+            }
+            return
+          }
+          case "detach":
+            if (entry !== undefined && entry.remoteAttachment === message.token) {
+              entry.remoteAttachment = undefined
+              if (entry.attachment === undefined && entry.final === undefined) startDetachTimer(entry)
+            }
+            return
+          case "cancel":
+            entry?.fiber?.unsafeInterruptAsFork(FiberId.none)
+            return
+        }
+      })
+
+      // The lease on the streams this instance runs: another instance takes a lapsed lease as a crash.
+      yield* Effect.suspend(() => {
+        for (const entry of streams.values()) if (entry.fiber !== undefined) return store.renewLeases(Date.now() + leaseMs)
+        return Effect.void
+      }).pipe(Effect.repeat(Schedule.spaced(LEASE_RENEWAL)), Effect.forkScoped)
+
+      const takeOver = (attachment: Attachment) => {
+        attachment.takenOver = true
+        attachment.live = false
+        attachment.notify?.()
+      }
 
       /** Replays what the attachment has not seen, then waits for the producer, until the final frame. */
       const pump = (entry: Entry, me: Attachment): Effect.Effect<void, AiBaseError> =>
@@ -175,28 +255,26 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
         entry.attachment = undefined
         if (entry.final !== undefined || entry.fiber === undefined) return
         if (isShutdown(interruptors)) return
-        if (isDisconnect(interruptors)) {
-          const fiber = entry.fiber
-          entry.detachTimer = setTimeout(() => fiber.unsafeInterruptAsFork(AbandonedFiberId), detachedMs)
-          return
-        }
+        if (isDisconnect(interruptors)) return startDetachTimer(entry)
         entry.fiber.unsafeInterruptAsFork(FiberId.none)
       }
 
       const attach = (entry: Entry, after: number): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
         Effect.suspend(() => {
-          const me: Attachment = { sink, cursor: Math.min(after, entry.frames.length), live: false, takenOver: false, notify: undefined }
-          const previous = entry.attachment
-          if (previous !== undefined) {
-            previous.takenOver = true
-            previous.live = false
-            previous.notify?.()
+          const me: Attachment = {
+            token: newToken(),
+            sink,
+            cursor: Math.min(after, entry.frames.length),
+            live: false,
+            takenOver: false,
+            notify: undefined
           }
+          if (entry.attachment !== undefined) takeOver(entry.attachment)
           entry.attachment = me
-          if (entry.detachTimer !== undefined) {
-            clearTimeout(entry.detachTimer)
-            entry.detachTimer = undefined
-          }
+          entry.remoteAttachment = undefined
+          stopDetachTimer(entry)
+          // An attachment on another instance ends too.
+          if (coordination.shared) coordination.send({ op: "attach", id: entry.id, token: me.token })
           return pump(entry, me).pipe(Effect.onInterrupt((interruptors) => Effect.sync(() => leave(entry, me, interruptors))))
         })
 
@@ -237,6 +315,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
             frames: [],
             final: undefined,
             attachment: undefined,
+            remoteAttachment: undefined,
             fiber: undefined,
             detachTimer: undefined
           }
@@ -246,7 +325,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
             instance: INSTANCE,
             started_at: now,
             resumable_until: now + retentionMs,
-            lease_until: now + retentionMs,
+            lease_until: now + leaseMs,
             finished_at: null
           }
           streams.set(id, entry)
@@ -263,19 +342,57 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
           return attach(entry, 0)(sink)
         })
 
-      /** A stream this instance does not hold, from the database. */
-      const replayStored = (row: StreamStore.StreamRow, after: number): Push.PushStream<ChatStreamEvent, AiBaseError> =>
-      (sink) =>
-        Effect.gen(function*() {
-          const frames = yield* store.frames(row.id, after).pipe(Effect.orDie)
-          for (const frame of frames) {
-            if (frame._tag === "error") return yield* Effect.fail(frame.error)
-            const wait = sink(frame.event)
-            if (wait !== undefined) yield* Effect.promise(() => wait)
-          }
-          // Stored without its end: the instance that ran it stopped before it ended.
-          const last = frames.at(-1)
-          if (last === undefined || last._tag !== "event" || last.event._tag !== STREAM_END) return yield* interrupted
+      /**
+       * A stream this instance does not hold, from the database: one that
+       * ended (here before a restart, or elsewhere), or one another instance
+       * is running, whose new frames are announced (see Coordination) until
+       * it ends, or its lease lapses because that instance died.
+       */
+      const remote = (row: StreamStore.StreamRow, after: number): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
+        Effect.suspend(() => {
+          const token = newToken()
+          const me: RemoteAttachment = { id: row.id, takenOver: false, wake: undefined }
+          remotes.set(token, me)
+          if (coordination.shared && row.finished_at === null) coordination.send({ op: "attach", id: row.id, token })
+          let cursor = after
+          let current = row
+          return Effect.gen(function*() {
+            const watch = yield* coordination.watchFrames(row.id)
+            while (true) {
+              const frames = yield* store.frames(row.id, cursor).pipe(Effect.orDie)
+              for (const frame of frames) {
+                if (me.takenOver) return yield* resumedElsewhere
+                if (frame._tag === "error") return yield* Effect.fail(frame.error)
+                cursor = frame.event.seq
+                const wait = sink(frame.event)
+                if (wait !== undefined) yield* Effect.promise(() => wait)
+                if (frame.event._tag === STREAM_END) return
+              }
+              if (me.takenOver) return yield* resumedElsewhere
+              // Stored in full: the end was not among the frames, so the stream never had one.
+              if (current.finished_at !== null) return yield* interrupted
+              const now = Date.now()
+              if (current.lease_until < now) return yield* interrupted
+              yield* Effect.raceFirst(
+                watch.next(Duration.millis(current.lease_until - now + 250)),
+                Effect.async<void>((resume) => {
+                  me.wake = () => resume(Effect.void)
+                })
+              )
+              const found = yield* store.find(row.id).pipe(Effect.orDie)
+              if (Option.isNone(found)) return yield* interrupted
+              current = found.value
+            }
+          }).pipe(
+            Effect.onInterrupt((interruptors) =>
+              Effect.sync(() => {
+                if (!coordination.shared || me.takenOver || isShutdown(interruptors)) return
+                coordination.send({ op: isDisconnect(interruptors) ? "detach" : "cancel", id: row.id, token })
+              })
+            ),
+            Effect.ensuring(Effect.sync(() => remotes.delete(token))),
+            Effect.scoped
+          )
         })
 
       const resume = (request: ResumeRequest, principal: string): Push.PushStream<ChatStreamEvent, AiBaseError> =>
@@ -288,7 +405,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
             Effect.orDie,
             Effect.flatMap(Option.match({
               onNone: () => Effect.fail(notFound),
-              onSome: (row) => row.principal === principal ? replayStored(row, after)(sink) : Effect.fail(notFound)
+              onSome: (row) => row.principal === principal ? remote(row, after)(sink) : Effect.fail(notFound)
             }))
           )
         })

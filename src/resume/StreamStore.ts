@@ -11,6 +11,8 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Duration, Effect, Either, Option, ParseResult, Schedule, Schema, type Scope } from "effect"
 import * as BatchWriter from "../db/BatchWriter.js"
 import type { DatabaseShape } from "../db/Database.js"
+import { INSTANCE } from "../ledger/Ledger.js"
+import type { Coordination } from "./Coordination.js"
 import { AiBaseError } from "../protocol/Errors.js"
 import { type ChatStreamEvent, ChatStreamEvent as ChatStreamEventSchema, PLAIN_EVENTS } from "../protocol/Rpcs.js"
 
@@ -78,11 +80,13 @@ export interface StreamStore {
   readonly find: (id: string) => Effect.Effect<Option.Option<StreamRow>, SqlError | ParseResult.ParseError>
   /** A stream's frames after `after`, in order. */
   readonly frames: (id: string, after: number) => Effect.Effect<ReadonlyArray<StoredFrame>, SqlError | ParseResult.ParseError>
+  /** Extends this instance's lease on the streams it runs (another instance takes a lapsed lease as a crash). */
+  readonly renewLeases: (until: number) => Effect.Effect<void>
   /** Writes everything buffered now. */
   readonly flush: Effect.Effect<void, SqlError>
 }
 
-const write = (sql: SqlClient.SqlClient, batch: ReadonlyArray<Op>) =>
+const write = (coordination: Coordination, sql: SqlClient.SqlClient, batch: ReadonlyArray<Op>) =>
   Effect.gen(function*() {
     // The latest row of each stream, then the frames.
     const streams = new Map<string, StreamRow>()
@@ -91,17 +95,22 @@ const write = (sql: SqlClient.SqlClient, batch: ReadonlyArray<Op>) =>
       if (op._tag === "stream") streams.set(op.row.id, op.row)
       else frames.push(op.row)
     }
-    if (streams.size > 0) {
-      yield* sql`INSERT INTO aibase_streams ${sql.insert([...streams.values()])}
-        ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until, finished_at = excluded.finished_at`
-    }
-    if (frames.length > 0) {
-      yield* sql`INSERT INTO aibase_stream_frames ${sql.insert(frames)} ON CONFLICT (stream_id, seq) DO NOTHING`
-    }
+    // One transaction: a reader that sees a stream finished sees its last frame too.
+    yield* sql.withTransaction(Effect.gen(function*() {
+      if (streams.size > 0) {
+        yield* sql`INSERT INTO aibase_streams ${sql.insert([...streams.values()])}
+          ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until, finished_at = excluded.finished_at`
+      }
+      if (frames.length > 0) {
+        yield* sql`INSERT INTO aibase_stream_frames ${sql.insert(frames)} ON CONFLICT (stream_id, seq) DO NOTHING`
+      }
+    }))
+    yield* coordination.announceFrames(new Set([...frames.map((frame) => frame.stream_id), ...streams.keys()]))
   })
 
 export const make = (
   database: DatabaseShape,
+  coordination: Coordination,
   options: { readonly retention: Duration.Duration; readonly bufferSize: number }
 ): Effect.Effect<StreamStore, never, Scope.Scope> =>
   Effect.gen(function*() {
@@ -112,6 +121,7 @@ export const make = (
         putError: () => {},
         find: () => Effect.succeed(Option.none()),
         frames: () => Effect.succeed([]),
+        renewLeases: () => Effect.void,
         flush: Effect.void
       }
     }
@@ -120,7 +130,7 @@ export const make = (
     const writer = yield* BatchWriter.make<Op>({
       name: "resumable streams' frames",
       client,
-      write,
+      write: (sql, batch) => write(coordination, sql, batch),
       bufferSize: options.bufferSize,
       // Frames are what a resumer on another instance waits for.
       linger: Duration.millis(50)
@@ -140,7 +150,8 @@ export const make = (
     )
 
     return {
-      putStream: (row) => writer.offer({ _tag: "stream", row }),
+      // A new stream is written at once: a resumer elsewhere must find it.
+      putStream: (row) => writer.offer({ _tag: "stream", row }, row.finished_at === null),
       putEvent: (streamId, event) =>
         writer.offer({ _tag: "frame", row: { stream_id: streamId, seq: event.seq, type: event._tag, data: dataOf(event) } }),
       putError: (streamId, seq, error) =>
@@ -163,6 +174,12 @@ export const make = (
           for (const row of rows) frames.push(yield* toStoredFrame(row))
           return frames
         }),
+      renewLeases: (until) =>
+        Effect.flatMap(client, (sql) =>
+          sql`UPDATE aibase_streams SET lease_until = ${until} WHERE instance = ${INSTANCE} AND finished_at IS NULL`).pipe(
+            Effect.asVoid,
+            Effect.catchAll((error) => Effect.logWarning("Could not renew the leases of resumable streams", error.message))
+          ),
       flush: writer.flush
     }
   })
