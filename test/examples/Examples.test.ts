@@ -110,6 +110,10 @@ const closedPort = Effect.async<number>((resume) => {
 
 const Hello = Schema.Struct({ message: Schema.String, tools: Schema.Array(Schema.String) })
 
+/** The text the CLI wrote for a stream: its "streaming:" line and every "…" line that carries it on. */
+const streamedText = (output: string, requestId: string): string =>
+  Array.from(output.matchAll(new RegExp(`^← \\[${requestId}\\] (?:streaming:|…) (.*)$`, "gm")), (match) => match[1]).join("")
+
 // Concurrent: each test mostly waits for a child process to start up.
 describe.concurrent("examples", () => {
   if (!existsSync(new URL("../../dist/index.js", import.meta.url))) {
@@ -138,6 +142,30 @@ describe.concurrent("examples", () => {
           expect(output).toContain("Done: every request got its answer")
           // The cancelled stream's error frame is the only one.
           expect(output.match(/\] error /g)).toHaveLength(1)
+        }), { timeout: 40_000 })
+
+      it.effect("examples/client --drop-after 3 resumes its stream on a new connection, with the same text", () =>
+        Effect.gen(function*() {
+          const { port } = yield* TestServer.urls
+          const [whole, dropped] = yield* Effect.all([
+            run("examples/client/main.ts", [`127.0.0.1:${port}`]),
+            run("examples/client/main.ts", [`127.0.0.1:${port}`, "--drop-after", "3"])
+          ], { concurrency: "unbounded" })
+          expect(whole.code, whole.output).toBe(0)
+          expect(dropped.code, dropped.output).toBe(0)
+          expect(dropped.output).toContain("(--drop-after 3: dropping the connection on purpose)")
+          expect(dropped.output).toMatch(/\(connection dropped after seq (\d+); resumed stream [\w-]+ after \1\)/)
+          expect(dropped.output).toContain("Done: every request got its answer")
+          // The offline model streams the same text for the same messages: the resumed one has no gap and no repeat.
+          const text = streamedText(whole.output, "stream-1")
+          expect(text).toMatch(/^\[offline model\] You said: "Tell me a short story"/)
+          expect(streamedText(dropped.output, "stream-1")).toBe(text)
+          // It was cut in two (the first part before the drop), and ended once.
+          expect(dropped.output.match(/^← \[stream-1\] … /gm), dropped.output).toHaveLength(1)
+          expect(dropped.output.match(/← \[stream-1\] chat_completion_stream_end /g)).toHaveLength(1)
+          // The requests after the stream went over the new connection.
+          expect(dropped.output).toMatch(/← \[tools-1\] tools_list_response 3 tools/)
+          expect(dropped.output).toContain("← [cancel-1] cancel_response request_id=stream-to-cancel")
         }), { timeout: 40_000 })
 
       it.effect("examples/effect-client calls every RPC over /rpc and handles the typed RateLimitError", () =>

@@ -46,7 +46,8 @@ const openServer = (env: Record<string, string> = {}, file = join(folder, `strea
       close: Scope.close(scope, Exit.void),
       fake: Context.get(context, FakeOpenAIService),
       connect: (token = TOKEN) => WsClient.connect(`ws://127.0.0.1:${port}/ws?token=${token}`),
-      rpc: `ws://127.0.0.1:${port}/rpc?token=${TOKEN}`
+      rpc: `ws://127.0.0.1:${port}/rpc?token=${TOKEN}`,
+      http: `http://127.0.0.1:${port}`
     }
   })
 
@@ -105,7 +106,7 @@ describe("seq", () => {
 describe("resumable streams", () => {
   it.scopedLive("a dropped connection resumes on a new one with no gap, no duplicate and one final frame", () =>
     Effect.gen(function*() {
-      const { connect, fake } = yield* server()
+      const { connect, fake, http } = yield* server()
       fake.enqueue(slowText(0))
       const uninterrupted = textOf(yield* Effect.flatMap(connect(), (client) => client.request(streamRequest("whole", false))))
       expect(uninterrupted).toBe(TEXT)
@@ -135,6 +136,36 @@ describe("resumable streams", () => {
       expect(textOf([...seen, ...rest])).toBe(uninterrupted)
       // The upstream was called once: nobody paid twice.
       expect(fake.requests.filter((request) => request.path.endsWith("/chat/completions"))).toHaveLength(2)
+      // The ledger counts the stream when it ends, not when its first connection dropped.
+      const usage = Effect.promise(() =>
+        fetch(`${http}/usage?group_by=status`, { headers: { authorization: `Bearer ${TOKEN}` } }).then((r) => r.text())
+      )
+      let last = ""
+      yield* Wait.waitFor(Effect.map(usage, (text) => {
+        last = text
+        return text.includes(`"requests":2`)
+      }), { message: "both streams in the ledger" }).pipe(Effect.tapError(() => Effect.sync(() => console.error(last))))
+      expect(JSON.parse(last)).toMatchObject({ rows: [{ status: "ok", requests: 2, errors: 0 }] })
+    }))
+
+  it.live("at shutdown a resumable stream ends with `unavailable`, and a resumer after the restart learns it", () =>
+    Effect.gen(function*() {
+      const env = { SHUTDOWN_GRACE_SECONDS: "0.2" }
+      const first = yield* openServer(env)
+      first.fake.enqueue(Behaviour.stream(textChunks(TEXT), { stallAfter: 2 }))
+      const streamId = yield* Effect.scoped(Effect.gen(function*() {
+        const client = yield* first.connect()
+        client.send(streamRequest("s"))
+        const frames = yield* client.waitForFrames((frames) => frames.length >= 3, { message: "three frames" })
+        return streamIdOf(frames)
+      }))
+      yield* first.close
+      const second = yield* openServer({}, first.file)
+      const frames = yield* Effect.scoped(Effect.flatMap(second.connect(), (client) =>
+        client.request({ type: "resume", request_id: "r", payload: { stream_id: streamId } })))
+      expect(frames.at(-1)).toMatchObject({ type: "error", data: { category: "unavailable", code: "shutting_down" } })
+      expectConsecutive(frames)
+      yield* second.close
     }))
 
   it.scopedLive("a stream that ended can be replayed whole within its retention, then it is not found", () =>
