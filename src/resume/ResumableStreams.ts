@@ -101,7 +101,16 @@ interface RemoteAttachment {
 const LEASE = Duration.seconds(5)
 const LEASE_RENEWAL = Duration.millis(1500)
 
-const newToken = () => randomBytes(9).toString("base64url")
+let tokens = 0
+/** Unique across instances (INSTANCE is random), and cheap. */
+const newToken = () => `${INSTANCE}.${++tokens}`
+
+/**
+ * How long an ended stream stays in memory when it is also stored: long
+ * enough for its last frames to reach the database, after which a resume
+ * replays it from there. Without a database it stays for its retention.
+ */
+const HOLD_AFTER_END = Duration.seconds(5)
 
 /** Interrupts a stream nobody attached to within RESUME_DETACHED_SECONDS. */
 const AbandonedFiberId = FiberId.make(-1003, 0)
@@ -164,6 +173,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
       /** Attachments of this instance to streams others run, by token. */
       const remotes = new Map<string, RemoteAttachment>()
       const leaseMs = Duration.toMillis(LEASE)
+      const holdMs = Option.isSome(database.client) ? Math.min(Duration.toMillis(HOLD_AFTER_END), retentionMs) : retentionMs
 
       const startDetachTimer = (entry: Entry) => {
         const fiber = entry.fiber
@@ -298,7 +308,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
         const now = Date.now()
         store.putStream({ ...row, lease_until: now, finished_at: now })
         entry.attachment?.notify?.()
-        setTimeout(() => streams.delete(entry.id), retentionMs).unref()
+        setTimeout(() => streams.delete(entry.id), holdMs).unref()
       }
 
       const start = (

@@ -26,7 +26,8 @@ export type StreamRow = {
   readonly finished_at: number | null
 }
 
-type FrameRowOut = { readonly stream_id: string; readonly seq: number; readonly type: string; readonly data: string }
+/** A frame on its way to the database: `data` is already JSON. */
+type PendingFrame = { readonly stream_id: string; readonly seq: number; readonly type: string; readonly data: string }
 
 /** A stored frame: an event, or the error that ended the stream. */
 export type StoredFrame =
@@ -35,7 +36,7 @@ export type StoredFrame =
 
 type Op =
   | { readonly _tag: "stream"; readonly row: StreamRow }
-  | { readonly _tag: "frame"; readonly row: FrameRowOut }
+  | { readonly _tag: "frame"; readonly frame: PendingFrame }
 
 /** The type stored for the error that ends a failed stream. */
 const ERROR = "error"
@@ -55,22 +56,31 @@ const StreamRowSchema = Schema.Struct({
   lease_until: Numeric,
   finished_at: Schema.NullOr(Numeric)
 })
-const FrameRow = Schema.Struct({ seq: Numeric, type: Schema.String, data: Schema.String })
+const SegmentRow = Schema.Struct({ frames: Schema.String })
+const Segment = Schema.parseJson(Schema.Array(Schema.Struct({ s: Schema.Int, t: Schema.String, d: Schema.Unknown })))
+const decodeSegment = Schema.decodeUnknownEither(Segment)
 const decodeStreamRows = Schema.decodeUnknown(Schema.Array(StreamRowSchema))
-const decodeFrameRows = Schema.decodeUnknown(Schema.Array(FrameRow))
+const decodeSegmentRows = Schema.decodeUnknown(Schema.Array(SegmentRow))
 
 /** The frame's data in JSON: chunks as they are (their decoded form is their JSON form), other events encoded. */
 const dataOf = (event: ChatStreamEvent): string =>
   JSON.stringify(PLAIN_EVENTS.has(event._tag) ? event.data : encodeEvent(event).data)
 
-const toStoredFrame = (row: typeof FrameRow.Type): Either.Either<StoredFrame, ParseResult.ParseError> => {
-  const data: unknown = JSON.parse(row.data)
-  if (row.type === ERROR) return Either.map(decodeError(data), (error) => ({ _tag: "error" as const, seq: row.seq, error }))
+const toStoredFrame = (frame: { readonly s: number; readonly t: string; readonly d: unknown }): Either.Either<StoredFrame, ParseResult.ParseError> => {
+  if (frame.t === ERROR) return Either.map(decodeError(frame.d), (error) => ({ _tag: "error" as const, seq: frame.s, error }))
   return Either.map(
-    decodeEvent({ _tag: row.type, data, seq: row.seq }),
-    (event) => ({ _tag: "event" as const, event: { ...event, seq: row.seq } })
+    decodeEvent({ _tag: frame.t, data: frame.d, seq: frame.s }),
+    (event) => ({ _tag: "event" as const, event: { ...event, seq: frame.s } })
   )
 }
+
+/** A stream's frames of one batch as one row (their data is JSON already: no second encoding). */
+const segmentOf = (frames: ReadonlyArray<PendingFrame>) => ({
+  stream_id: frames[0]!.stream_id,
+  first_seq: frames[0]!.seq,
+  last_seq: frames[frames.length - 1]!.seq,
+  frames: `[${frames.map((frame) => `{"s":${frame.seq},"t":${JSON.stringify(frame.type)},"d":${frame.data}}`).join(",")}]`
+})
 
 export interface StreamStore {
   readonly putStream: (row: StreamRow) => void
@@ -88,24 +98,34 @@ export interface StreamStore {
 
 const write = (coordination: Coordination, sql: SqlClient.SqlClient, batch: ReadonlyArray<Op>) =>
   Effect.gen(function*() {
-    // The latest row of each stream, then the frames.
+    // The latest row of each stream, and its frames as segments of consecutive ones.
     const streams = new Map<string, StreamRow>()
-    const frames: Array<FrameRowOut> = []
+    const pending = new Map<string, Array<PendingFrame>>()
+    const segments: Array<ReturnType<typeof segmentOf>> = []
     for (const op of batch) {
-      if (op._tag === "stream") streams.set(op.row.id, op.row)
-      else frames.push(op.row)
+      if (op._tag === "stream") {
+        streams.set(op.row.id, op.row)
+        continue
+      }
+      const run = pending.get(op.frame.stream_id)
+      if (run !== undefined && run[run.length - 1]!.seq + 1 === op.frame.seq) run.push(op.frame)
+      else {
+        if (run !== undefined) segments.push(segmentOf(run))
+        pending.set(op.frame.stream_id, [op.frame])
+      }
     }
+    for (const run of pending.values()) segments.push(segmentOf(run))
     // One transaction: a reader that sees a stream finished sees its last frame too.
     yield* sql.withTransaction(Effect.gen(function*() {
       if (streams.size > 0) {
         yield* sql`INSERT INTO aibase_streams ${sql.insert([...streams.values()])}
           ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until, finished_at = excluded.finished_at`
       }
-      if (frames.length > 0) {
-        yield* sql`INSERT INTO aibase_stream_frames ${sql.insert(frames)} ON CONFLICT (stream_id, seq) DO NOTHING`
+      if (segments.length > 0) {
+        yield* sql`INSERT INTO aibase_stream_frames ${sql.insert(segments)} ON CONFLICT (stream_id, first_seq) DO NOTHING`
       }
     }))
-    yield* coordination.announceFrames(new Set([...frames.map((frame) => frame.stream_id), ...streams.keys()]))
+    yield* coordination.announceFrames(new Set([...pending.keys(), ...streams.keys()]))
   })
 
 export const make = (
@@ -132,8 +152,9 @@ export const make = (
       client,
       write: (sql, batch) => write(coordination, sql, batch),
       bufferSize: options.bufferSize,
-      // Frames are what a resumer on another instance waits for.
-      linger: Duration.millis(50)
+      // Stored frames are what a resumer on another instance waits for; on one
+      // instance they only need to be there after a restart.
+      linger: Duration.millis(coordination.shared ? 50 : 250)
     })
 
     // Streams that ended more than their retention ago go, with their frames.
@@ -153,9 +174,9 @@ export const make = (
       // A new stream is written at once: a resumer elsewhere must find it.
       putStream: (row) => writer.offer({ _tag: "stream", row }, row.finished_at === null),
       putEvent: (streamId, event) =>
-        writer.offer({ _tag: "frame", row: { stream_id: streamId, seq: event.seq, type: event._tag, data: dataOf(event) } }),
+        writer.offer({ _tag: "frame", frame: { stream_id: streamId, seq: event.seq, type: event._tag, data: dataOf(event) } }),
       putError: (streamId, seq, error) =>
-        writer.offer({ _tag: "frame", row: { stream_id: streamId, seq, type: ERROR, data: JSON.stringify(encodeError(error)) } }),
+        writer.offer({ _tag: "frame", frame: { stream_id: streamId, seq, type: ERROR, data: JSON.stringify(encodeError(error)) } }),
       find: (id) =>
         Effect.gen(function*() {
           const sql = yield* client
@@ -168,10 +189,14 @@ export const make = (
       frames: (id, after) =>
         Effect.gen(function*() {
           const sql = yield* client
-          const rows = yield* sql`SELECT seq, type, data FROM aibase_stream_frames
-            WHERE stream_id = ${id} AND seq > ${after} ORDER BY seq`.pipe(Effect.flatMap(decodeFrameRows))
+          const rows = yield* sql`SELECT frames FROM aibase_stream_frames
+            WHERE stream_id = ${id} AND last_seq > ${after} ORDER BY first_seq`.pipe(Effect.flatMap(decodeSegmentRows))
           const frames: Array<StoredFrame> = []
-          for (const row of rows) frames.push(yield* toStoredFrame(row))
+          for (const row of rows) {
+            for (const frame of yield* decodeSegment(row.frames)) {
+              if (frame.s > after) frames.push(yield* toStoredFrame(frame))
+            }
+          }
           return frames
         }),
       renewLeases: (until) =>
