@@ -13,17 +13,20 @@
  *   npm run bench -- --out /tmp/b.json  # where the JSON goes (default ./bench-results.json)
  *   npm run bench -- --aibase-http fetch  # which floor AIBase's embeddings are held against
  *   npm run bench -- --only ledger      # AIBase with the request ledger on (SQLite) beside DB_TYPE=none
+ *   npm run bench -- --only resumable   # resumable streams ("resumable": true) beside plain ones, on AIBase
  *   npm run bench -- --aibase-node-arg=--cpu-prof --aibase-node-arg=--cpu-prof-dir=/tmp/prof  # node flags for AIBase
  *
- * Scenarios: streams-1, streams-50, streams-200, ledger, embeddings, pings,
- * memory, disconnect, scale-streams, scale-idle (`--only streams` or
+ * Scenarios: streams-1, streams-50, streams-200, ledger, resumable, embeddings,
+ * pings, memory, disconnect, scale-streams, scale-idle (`--only streams` or
  * `--only scale` selects a family).
  *
  * Processes (children, all on 127.0.0.1): the fake upstream
  * (bench/FakeUpstream.ts), the floor on node:http, the floor on fetch (for
  * embeddings), AIBase (`node --import tsx src/main.ts`); memory runs on fresh
  * processes of the floor and AIBase; the ledger scenario runs two more AIBase
- * processes, one with the ledger on and one with DB_TYPE=none. This process
+ * processes, one with the ledger on and one with DB_TYPE=none; the resumable
+ * scenario two more identical AIBase processes (the default database), one
+ * sent plain streams and one resumable ones. This process
  * is the client. Every wait has a deadline, every loop a bound, and a failing
  * request is counted.
  *
@@ -63,6 +66,7 @@ const SCENARIOS = [
   "streams-50",
   "streams-200",
   "ledger",
+  "resumable",
   "embeddings",
   "pings",
   "memory",
@@ -161,7 +165,7 @@ const profile = args.quick
   ? {
     reps: args.reps ?? 2,
     rounds: { 1: 10, 50: 2, 200: 1 } as Record<number, number>,
-    /** Rounds of 50 streams per side and repetition in the ledger scenario (more than streams-50: its target is 5%). */
+    /** Rounds of 50 streams per side and repetition in the ledger and resumable scenarios (more than streams-50: their targets are tight). */
     ledgerRounds: 10,
     /** Per side and repetition: at most this many requests, sent for at most this long. */
     embeddings: { count: 2_000, budgetMs: 3_000 },
@@ -221,7 +225,13 @@ const rotate = <A>(xs: ReadonlyArray<A>, r: number): Array<A> => xs.map((_, i) =
 type Side = "floor" | "aibase"
 /** The ledger scenario's two AIBase processes: the ledger on (a temporary SQLite file) and off (DB_TYPE=none). */
 type LedgerSide = "ledgerOn" | "ledgerOff"
-type Server = Side | "floorFetch" | LedgerSide
+/**
+ * The resumable scenario's two AIBase processes, identical (the default
+ * database, as "aibase"): one is sent plain streams, the other resumable ones
+ * (so the frames the resumable one keeps in memory do not weigh on the plain side).
+ */
+type ResumeSide = "resumePlain" | "resumeOn"
+type Server = Side | "floorFetch" | LedgerSide | ResumeSide
 
 const notes: Array<string> = []
 const note = (text: string) => {
@@ -293,7 +303,7 @@ const databaseDescription = userDatabase
   ? `DB_TYPE=${args.aibaseEnv["DB_TYPE"] ?? "sqlite (default)"}${args.aibaseEnv["DB_NAME"] === undefined ? "" : ` DB_NAME=${args.aibaseEnv["DB_NAME"]}`} (--aibase-env)`
   : "DB_TYPE=sqlite, a fresh temporary file per process (the ledger on, as `npm start` runs)"
 
-const startAibase = async (ledger: "default" | "on" | "off"): Promise<Proc> => {
+const startAibase = async (ledger: "default" | "on" | "off", name?: string): Promise<Proc> => {
   const port = await freePort()
   const temporary = ledger === "on" ||
     (ledger === "default" && (args.aibaseEnv["DB_TYPE"] ?? "sqlite") === "sqlite" && args.aibaseEnv["DB_NAME"] === undefined)
@@ -307,7 +317,7 @@ const startAibase = async (ledger: "default" | "on" | "off"): Promise<Proc> => {
     : { DB_TYPE: "sqlite", DB_NAME: file }
   try {
     const proc = await spawnNode({
-      name: ledger === "default" ? "AIBase" : `AIBase (ledger ${ledger})`,
+      name: name ?? (ledger === "default" ? "AIBase" : `AIBase (ledger ${ledger})`),
       script: aibaseScript,
       nodeArgs: args.aibaseNodeArgs,
       port,
@@ -339,6 +349,8 @@ const startServer = async (server: Server): Promise<Proc> => {
   if (server === "aibase") return startAibase("default")
   if (server === "ledgerOn") return startAibase("on")
   if (server === "ledgerOff") return startAibase("off")
+  if (server === "resumePlain") return startAibase("default", "AIBase (plain streams)")
+  if (server === "resumeOn") return startAibase("default", "AIBase (resumable streams)")
   return spawnNode({
     name: server === "floor" ? "floor (node:http)" : "floor (fetch)",
     script: "bench/FloorProxy.ts",
@@ -469,28 +481,47 @@ interface StreamRep {
   readonly failed: number
   readonly errors: ReadonlyArray<string>
   readonly upstreamCpuMicrosPerChunk: number
+  /** `chat_completion_stream_start` frames received (one per resumable stream). */
+  readonly startFrames: number
+  /** Frames received for the streams (start, chunks, end or error). */
+  readonly frames: number
+  /** Frames whose `seq` was not the previous one + 1. */
+  readonly seqErrors: number
 }
 
 /** Streams and embeddings sent to each server (what its ledger should hold). */
 const recordedSent = new Map<Server, number>()
 const countSent = (server: Server, requests: number) => recordedSent.set(server, (recordedSent.get(server) ?? 0) + requests)
 
+/** Resumable streams started and their frames received, warm-up included (what the server should have stored). */
+const resumableSent = { streams: 0, frames: 0 }
+
 const measureStreams = async (
   server: Server,
   clients: number,
   rounds: number,
   tag: string,
-  /** Idle time still counted after the last stream ends (work a server does in the background, such as writing its ledger). */
-  settleMs = 0
+  options: {
+    /** Idle time still counted after the last stream ends (work a server does in the background, such as writing its ledger). */
+    readonly settleMs?: number
+    /** `"resumable": true` in every stream's payload. */
+    readonly resumable?: boolean
+  } = {}
 ): Promise<StreamRep> => {
+  const settleMs = options.settleMs ?? 0
+  const resumable = options.resumable === true
   const proc = await serverFor(server)
   await quiesce()
   const opened = await openMany(wsUrl(proc), clients)
   try {
     const cpu0 = cpuMicros(proc.pid)
     const up0 = cpuMicros(upstream?.pid ?? 0)
-    const result = await runStreams(opened.conns, rounds, { roundDeadlineMs: ROUND_DEADLINE_MS, tag })
+    const result = await runStreams(opened.conns, rounds, { roundDeadlineMs: ROUND_DEADLINE_MS, tag, resumable })
     countSent(server, opened.conns.length * rounds)
+    if (resumable) {
+      resumableSent.streams += opened.conns.length * rounds
+      resumableSent.frames += result.frames
+    }
     if (settleMs > 0) await sleep(settleMs)
     const cpu1 = cpuMicros(proc.pid)
     const up1 = cpuMicros(upstream?.pid ?? 0)
@@ -505,7 +536,10 @@ const measureStreams = async (
       completed: result.completed,
       failed,
       errors: [...opened.errors, ...result.errors],
-      upstreamCpuMicrosPerChunk: result.contentChunks > 0 ? (up1 - up0) / result.contentChunks : Number.NaN
+      upstreamCpuMicrosPerChunk: result.contentChunks > 0 ? (up1 - up0) / result.contentChunks : Number.NaN,
+      startFrames: result.startFrames,
+      frames: result.frames,
+      seqErrors: result.seqErrors
     }
   } finally {
     await closeAll(opened.conns)
@@ -676,7 +710,7 @@ const ledgerScenario = async () => {
     for (const side of rotate<LedgerSide>(["ledgerOn", "ledgerOff"], rep)) {
       const result = await attempt(
         `ledger ${label[side]}`,
-        () => measureStreams(side, clients, rounds, `l${rep}`, LEDGER_SETTLE_MS)
+        () => measureStreams(side, clients, rounds, `l${rep}`, { settleMs: LEDGER_SETTLE_MS })
       )
       reps[side].push(result)
       if (result !== undefined) {
@@ -772,6 +806,169 @@ const ledgerScenario = async () => {
     }
   )
   raw["ledger"] = { clients, rounds, settleMs: LEDGER_SETTLE_MS, reps, recordedRequestsSent: sent, rowsWhileServing: live ?? null, rowsInFile: stored ?? null }
+}
+
+// ---------------------------------------------------------------------------
+// Resumable streams ("resumable": true) beside plain ones, on two identical AIBase processes
+// ---------------------------------------------------------------------------
+
+const RESUMABLE_CLIENTS = 50
+
+interface StoredStreams {
+  /** Rows in aibase_streams, and of those the finished ones. */
+  readonly streams: number
+  readonly finished: number
+  /** Frames in aibase_stream_frames (stored as segments of consecutive frames). */
+  readonly frames: number
+}
+
+/** What a SQLite file holds of resumable streams (read after its server has stopped). */
+const storedStreams = (filename: string): Promise<StoredStreams> =>
+  Effect.gen(function*() {
+    const sql = yield* SqliteClient.make({ filename, readonly: true, disableWAL: true })
+    const streams = yield* sql<{ readonly n: number; readonly finished: number }>`
+      SELECT COUNT(*) AS n, COUNT(finished_at) AS finished FROM aibase_streams`
+    const frames = yield* sql<{ readonly n: number }>`SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) AS n FROM aibase_stream_frames`
+    return {
+      streams: Number(streams[0]?.n ?? 0),
+      finished: Number(streams[0]?.finished ?? 0),
+      frames: Number(frames[0]?.n ?? 0)
+    }
+  }).pipe(Effect.scoped, Effect.provide(Reactivity.layer), Effect.runPromise)
+
+const resumableScenario = async () => {
+  const clients = RESUMABLE_CLIENTS
+  const rounds = profile.ledgerRounds
+  const label: Record<ResumeSide, string> = { resumePlain: "plain", resumeOn: "resumable" }
+  log(
+    `resumable: ${clients} clients × ${rounds} round(s) × ${profile.reps} repetition(s), plain streams and resumable ones ("resumable": true) on two identical AIBase processes; database: ${databaseDescription}`
+  )
+  const reps: Record<ResumeSide, Array<StreamRep | undefined>> = { resumePlain: [], resumeOn: [] }
+  for (let rep = 0; rep < profile.reps; rep++) {
+    for (const side of rotate<ResumeSide>(["resumePlain", "resumeOn"], rep)) {
+      const result = await attempt(
+        `resumable ${label[side]}`,
+        // The same settling time as the ledger's: the frames' last batch is written inside the measurement.
+        () => measureStreams(side, clients, rounds, `r${rep}`, { settleMs: LEDGER_SETTLE_MS, resumable: side === "resumeOn" })
+      )
+      reps[side].push(result)
+      if (result !== undefined) {
+        log(
+          `  ${label[side].padEnd(9)} rep ${rep + 1}: ${fmt(result.cpuMicrosPerChunk, 2)} µs CPU/chunk, ${
+            fmt(result.chunksPerSecond, 0)
+          } chunks/s, TTFT p50 ${fmt(result.ttftP50, 1)} ms, ${result.startFrames} start frames, ${result.seqErrors} seq errors, ${result.failed} failed`
+        )
+        if (result.errors.length > 0) log(`    errors: ${result.errors.join("; ")}`)
+      }
+    }
+  }
+  const m = (side: ResumeSide, pick: (r: StreamRep) => number) =>
+    median(reps[side].map((r) => (r === undefined ? Number.NaN : pick(r))))
+  const sum = (side: ResumeSide, pick: (r: StreamRep) => number, missing = 0) =>
+    reps[side].reduce((total, r) => total + (r === undefined ? missing : pick(r)), 0)
+  const measured = profile.reps * rounds * clients
+  const starts = { plain: sum("resumePlain", (r) => r.startFrames), resumable: sum("resumeOn", (r) => r.startFrames) }
+  log(`  chat_completion_stream_start frames received: ${starts.resumable} of ${measured} resumable streams; ${starts.plain} on the plain side`)
+
+  // What each side stored, once its server has stopped and flushed: the resumable side all its frames, the plain side none.
+  const stored: Partial<Record<ResumeSide, StoredStreams>> = {}
+  for (const side of ["resumePlain", "resumeOn"] as const) {
+    const proc = hot.get(side)
+    if (proc === undefined) continue
+    hot.delete(side)
+    const file = databaseFiles.get(proc)
+    if (file !== undefined) {
+      await stop(proc)
+      const found = await attempt(`resumable: reading ${file}`, () => storedStreams(file))
+      if (found !== undefined) {
+        stored[side] = found
+        log(`  ${label[side]}: ${found.streams} stream rows (${found.finished} finished), ${found.frames} frame rows in ${file} after shutdown`)
+      }
+    }
+    await discard(proc)
+  }
+  if (stored.resumeOn === undefined) note("resumable: the stored streams were not counted (no temporary SQLite file: --aibase-env chose the database)")
+  else if (stored.resumeOn.frames < resumableSent.frames || stored.resumeOn.streams < resumableSent.streams) {
+    note(`resumable: ${resumableSent.streams} streams with ${resumableSent.frames} frames were received, but the file holds ${stored.resumeOn.streams} streams and ${stored.resumeOn.frames} frames`)
+  }
+
+  const streams = `${clients} streams`
+  const storedText = (s: StoredStreams | undefined) => (s === undefined ? "n/a" : `${fmt(s.streams, 0)} / ${fmt(s.frames, 0)}`)
+  rows.push(
+    {
+      scenario: "resumable",
+      metric: `server CPU per content chunk (µs), ${streams}`,
+      floor: m("resumePlain", (r) => r.cpuMicrosPerChunk),
+      aibase: m("resumeOn", (r) => r.cpuMicrosPerChunk),
+      decimals: 2,
+      ratioDecimals: 3,
+      target: ratioAtMost(1.3)
+    },
+    {
+      scenario: "resumable",
+      metric: `content chunks per second, ${streams}`,
+      floor: m("resumePlain", (r) => r.chunksPerSecond),
+      aibase: m("resumeOn", (r) => r.chunksPerSecond),
+      decimals: 0
+    },
+    {
+      scenario: "resumable",
+      metric: "time to first token p50 (ms)",
+      floor: m("resumePlain", (r) => r.ttftP50),
+      aibase: m("resumeOn", (r) => r.ttftP50),
+      decimals: 1
+    },
+    {
+      scenario: "resumable",
+      metric: `failed streams (of ${measured})`,
+      floor: sum("resumePlain", (r) => r.failed, rounds * clients),
+      aibase: sum("resumeOn", (r) => r.failed, rounds * clients),
+      decimals: 0,
+      ratio: false
+    },
+    {
+      scenario: "resumable",
+      metric: `chat_completion_stream_start frames received (of ${measured} resumable streams)`,
+      floor: starts.plain,
+      aibase: starts.resumable,
+      decimals: 0,
+      ratio: false,
+      target: { label: `${measured} (plain 0)`, pass: (f, a) => a === measured && f === 0 }
+    },
+    {
+      scenario: "resumable",
+      metric: "frames whose seq was not the previous + 1",
+      floor: sum("resumePlain", (r) => r.seqErrors),
+      aibase: sum("resumeOn", (r) => r.seqErrors),
+      decimals: 0,
+      ratio: false,
+      target: { label: "0", pass: (f, a) => f === 0 && a === 0 }
+    },
+    {
+      scenario: "resumable",
+      metric: `streams / frames stored after shutdown (resumable side received ${resumableSent.streams} / ${resumableSent.frames}, warm-up included)`,
+      floor: stored.resumePlain?.frames ?? Number.NaN,
+      aibase: stored.resumeOn?.frames ?? Number.NaN,
+      decimals: 0,
+      ratio: false,
+      text: { floor: storedText(stored.resumePlain), aibase: storedText(stored.resumeOn) },
+      target: {
+        label: `${resumableSent.streams} / ${resumableSent.frames} (plain none)`,
+        pass: (f, a) =>
+          f === 0 && (stored.resumePlain?.streams ?? 0) === 0 && a >= resumableSent.frames &&
+          (stored.resumeOn?.streams ?? 0) >= resumableSent.streams
+      }
+    }
+  )
+  raw["resumable"] = {
+    clients,
+    rounds,
+    settleMs: LEDGER_SETTLE_MS,
+    reps: { plain: reps.resumePlain, resumable: reps.resumeOn },
+    startFrames: starts,
+    received: resumableSent,
+    stored: { plain: stored.resumePlain ?? null, resumable: stored.resumeOn ?? null }
+  }
 }
 
 interface WindowRep {
@@ -1215,9 +1412,10 @@ const scaleIdleScenario = async () => {
 /** The long-lived servers the selected scenarios use. */
 const hotServers = (scenarios: ReadonlyArray<Scenario>): Array<Server> => {
   const servers: Array<Server> = []
-  if (scenarios.some((s) => s !== "memory" && s !== "ledger")) servers.push("floor", "aibase")
+  if (scenarios.some((s) => s !== "memory" && s !== "ledger" && s !== "resumable")) servers.push("floor", "aibase")
   if (scenarios.includes("embeddings")) servers.push("floorFetch")
   if (scenarios.includes("ledger")) servers.push("ledgerOn", "ledgerOff")
+  if (scenarios.includes("resumable")) servers.push("resumePlain", "resumeOn")
   return servers
 }
 
@@ -1225,17 +1423,23 @@ const warmUp = async (servers: ReadonlyArray<Server>) => {
   for (const server of servers) {
     await attempt(`warm-up ${server}`, async () => {
       const proc = await serverFor(server)
-      const ledger = server === "ledgerOn" || server === "ledgerOff"
-      const opened = await openMany(wsUrl(proc), ledger ? LEDGER_CLIENTS : 20)
+      // The ledger's and the resumable scenario's two sides each.
+      const paired = server === "ledgerOn" || server === "ledgerOff" || server === "resumePlain" || server === "resumeOn"
+      const resumable = server === "resumeOn"
+      const opened = await openMany(wsUrl(proc), paired ? LEDGER_CLIENTS : 20)
       try {
         if (server !== "floorFetch") {
           await runWindowed(opened.conns.slice(0, 1), { window: 100, perConnection: 2_000, frame: pingFrame, okType: "pong", deadlineMs: 30_000, tag: "wp" })
-          // The ledger's two sides warm up on the measured shape, so the insert path is compiled before it counts.
-          const rounds = ledger ? 3 : 1
-          await runStreams(opened.conns, rounds, { roundDeadlineMs: 30_000, tag: "ws" })
+          // Paired sides warm up on the measured shape, so the insert (and resumable) path is compiled before it counts.
+          const rounds = paired ? 3 : 1
+          const warm = await runStreams(opened.conns, rounds, { roundDeadlineMs: 30_000, tag: "ws", resumable })
           countSent(server, opened.conns.length * rounds)
+          if (resumable) {
+            resumableSent.streams += opened.conns.length * rounds
+            resumableSent.frames += warm.frames
+          }
         }
-        if (selected("embeddings") && !ledger) {
+        if (selected("embeddings") && !paired) {
           await runWindowed(opened.conns, { window: 1, perConnection: 2, frame: embeddingFrame, okType: "embedding_response", deadlineMs: 30_000, tag: "we" })
           countSent(server, opened.conns.length * 2)
         }
@@ -1286,6 +1490,9 @@ const main = async () => {
         case "ledger":
           await ledgerScenario()
           break
+        case "resumable":
+          await resumableScenario()
+          break
         case "embeddings":
           await embeddingsScenario()
           break
@@ -1319,6 +1526,9 @@ const main = async () => {
     `Medians of ${profile.reps} repetition(s)${args.quick ? ", --quick" : ""}; ratio = AIBase / floor. ` +
     (rows.some((row) => row.scenario === "ledger")
       ? "In the ledger rows both columns are AIBase: the floor column with DB_TYPE=none, the AIBase column with the ledger on (SQLite); ratio = on / off. "
+      : "") +
+    (rows.some((row) => row.scenario === "resumable")
+      ? "In the resumable rows both columns are AIBase (two identical processes): the floor column sent plain streams, the AIBase column resumable ones; ratio = resumable / plain. "
       : "") +
     `${availableParallelism()} CPUs, load average ${loadavg().map((l) => l.toFixed(2)).join(" ")}; wall time ${wallSeconds.toFixed(0)} s.`
   console.log(`\n${header}\n\n${table()}\n`)
