@@ -1,16 +1,24 @@
 /** A command-line client for AIBase's /ws JSON protocol: sends one request of every type and prints the answers live. */
 //
-//   node --import tsx examples/client/main.ts [host:port] [--token TOKEN]
+//   node --import tsx examples/client/main.ts [host:port] [--token TOKEN] [--drop-after N]
 //
 // Defaults to localhost:8080; the token can also come from AIBASE_TOKEN.
+// The streamed chat is resumable: when the connection drops, the client
+// reconnects and resumes it from the last frame it saw. `--drop-after N`
+// drops the connection on purpose after N content chunks, to show that.
 // Exits 0 when every request got its final frame, 1 on an error frame, a
 // connection failure or a timeout.
 import { type ClientFrame, isFinalFrame, type ServerFrame } from "aibase/protocol"
 import { once } from "node:events"
+import { setTimeout as sleep } from "node:timers/promises"
 import WebSocket from "ws"
 
 const TIMEOUT_MS = 30_000
 const LINE_WIDTH = 160
+/** Reconnection: this many attempts, 0 s then 0.25 s doubling to 2 s apart, each handshake bounded. */
+const RECONNECT_ATTEMPTS = 5
+const HANDSHAKE_TIMEOUT_MS = 5_000
+const backoff = (attempt: number): number => (attempt <= 1 ? 0 : Math.min(2_000, 250 * 2 ** (attempt - 2)))
 
 // ---------------------------------------------------------------------------
 // arguments
@@ -18,18 +26,25 @@ const LINE_WIDTH = 160
 interface Options {
   readonly url: URL
   readonly token: string | undefined
+  /** Drop the connection after this many content chunks of the resumable stream. */
+  readonly dropAfter: number | undefined
 }
 
-const usage = "usage: node --import tsx examples/client/main.ts [host:port] [--token TOKEN]"
+const usage = "usage: node --import tsx examples/client/main.ts [host:port] [--token TOKEN] [--drop-after N]"
 
 const parseArgs = (args: ReadonlyArray<string>): Options => {
   let target = "localhost:8080"
   let token = process.env["AIBASE_TOKEN"]
+  let dropAfter: number | undefined
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]
     if (arg === "--token") {
       token = args[++i]
       if (token === undefined) throw new Error(`--token needs a value\n${usage}`)
+    } else if (arg === "--drop-after") {
+      const value = Number(args[++i])
+      if (!Number.isInteger(value) || value < 1) throw new Error(`--drop-after needs a whole number of chunks ≥ 1\n${usage}`)
+      dropAfter = value
     } else if (arg === "--help" || arg === "-h") {
       console.log(usage)
       process.exit(0)
@@ -39,7 +54,7 @@ const parseArgs = (args: ReadonlyArray<string>): Options => {
   }
   // Accept a bare host:port as well as a ws:// or http:// base URL.
   const base = target.includes("://") ? target.replace(/^http/, "ws") : `ws://${target}`
-  return { url: new URL("/ws", base), token: token === "" ? undefined : token }
+  return { url: new URL("/ws", base), token: token === "" ? undefined : token, dropAfter }
 }
 
 // ---------------------------------------------------------------------------
@@ -70,6 +85,12 @@ const say = (text: string): void => {
 const sent = (frame: ClientFrame): void => say(clip(`→ [${frame.request_id}] ${frame.type} ${JSON.stringify(frame.payload ?? {})}`))
 const received = (requestId: string | null, text: string): void => say(clip(`← [${requestId ?? "-"}] ${text}`))
 
+const messageOf = (error: unknown): string => (error instanceof Error ? error.message : String(error))
+
+/** The text a stream chunk adds. */
+const contentOf = (frame: Extract<ServerFrame, { readonly type: "chat_completion_stream_chunk" }>): string =>
+  frame.data.choices.map((choice) => choice.delta.content ?? "").join("")
+
 /** A short human summary of each frame type; stream chunks are written inline as they arrive. */
 const show = (frame: ServerFrame): void => {
   switch (frame.type) {
@@ -91,6 +112,11 @@ const show = (frame: ServerFrame): void => {
           ` ${JSON.stringify(choice?.message.content ?? null)}`
       )
     }
+    case "chat_completion_stream_start":
+      return received(
+        frame.request_id,
+        `chat_completion_stream_start stream_id=${frame.data.stream_id} resumable_until=${frame.data.resumable_until}`
+      )
     case "chat_completion_stream_chunk": {
       if (openStream !== frame.request_id) {
         endStreamLine()
@@ -100,8 +126,8 @@ const show = (frame: ServerFrame): void => {
         process.stdout.write(`← [${frame.request_id}] ${label} `)
         openStream = frame.request_id
       }
+      process.stdout.write(contentOf(frame))
       for (const choice of frame.data.choices) {
-        if (choice.delta.content) process.stdout.write(choice.delta.content)
         for (const call of choice.delta.tool_calls ?? []) {
           if (call.function?.name) process.stdout.write(`[calls ${call.function.name}]`)
         }
@@ -153,53 +179,186 @@ const show = (frame: ServerFrame): void => {
 }
 
 // ---------------------------------------------------------------------------
-// the connection
+// the connection, replaced when it drops
+
+/** A request waiting for its final frame. */
+interface Pending {
+  readonly resolve: (frame: ServerFrame) => void
+  readonly reject: (error: Error) => void
+  /** Asked for with `resumable: true`: survives a dropped connection once its stream id is known. */
+  readonly resumable: boolean
+  streamId: string | undefined
+  /** The seq of the last frame seen: a resume asks for what comes after it. */
+  lastSeq: number
+}
+
+interface Session {
+  /** Sends a request (on the current connection, or the next one) and resolves with its final frame. */
+  readonly request: (frame: ClientFrame) => Promise<ServerFrame>
+  /** Calls `listener` with every frame shown, under the request id the client sent. */
+  readonly onFrame: (listener: (frame: ServerFrame) => void) => () => void
+  /** Drops the connection as a network failure would (no close handshake). */
+  readonly drop: () => void
+  /** Closes for good: no reconnecting after this. */
+  readonly close: (graceful: boolean) => void
+}
+
+/**
+ * One logical session over successive connections. When a connection drops,
+ * the requests in flight that cannot be resumed fail, the client reconnects
+ * (a bounded number of times), resumes each resumable stream after its last
+ * seq, and sends the next requests over the new connection.
+ */
+const openSession = async (options: Options): Promise<Session> => {
+  const headers: Record<string, string> = options.token === undefined ? {} : { authorization: `Bearer ${options.token}` }
+  const pending = new Map<string, Pending>()
+  /** Resume request ids → the id of the request whose stream they resume. */
+  const aliases = new Map<string, string>()
+  const listeners = new Set<(frame: ServerFrame) => void>()
+  let socket: WebSocket | undefined
+  let closing = false
+  let resumes = 0
+
+  const connect = async (): Promise<WebSocket> => {
+    const ws = new WebSocket(options.url, { headers, handshakeTimeout: HANDSHAKE_TIMEOUT_MS })
+    // `once` rejects on an "error" event: refused connection, 401, wrong path, handshake timeout...
+    await once(ws, "open")
+    // The run ended (a timeout) while this reconnection was under way: nothing will use it.
+    if (closing) {
+      ws.terminate()
+      throw new Error("the client is closing")
+    }
+    ws.on("message", (data) => {
+      // Frames still buffered on a connection given up on are left to the resume.
+      if (ws !== socket) return
+      // The server only sends ServerFrames; a client that must distrust it would validate here.
+      receive(JSON.parse(data.toString()) as ServerFrame)
+    })
+    ws.on("close", (code, reason) => {
+      if (ws === socket) lost(`connection closed (${[code, reason.toString()].filter((part) => part !== "").join(" ")})`)
+    })
+    ws.on("error", (error) => say(`WebSocket error: ${error.message}`))
+    socket = ws
+    return ws
+  }
+
+  const receive = (raw: ServerFrame): void => {
+    // A resumed stream's frames are shown under the id of the request that started it.
+    const started = raw.request_id === null ? undefined : aliases.get(raw.request_id)
+    const frame: ServerFrame = started === undefined ? raw : { ...raw, request_id: started }
+    const id = frame.request_id
+    const waiting = id === null ? undefined : pending.get(id)
+    const seq = "seq" in frame ? frame.seq : undefined
+    if (waiting?.resumable === true && seq !== undefined) {
+      // Frames keep their seq across a resume, so anything at or before the last one is a repeat.
+      if (seq <= waiting.lastSeq) return
+      waiting.lastSeq = seq
+      if (frame.type === "chat_completion_stream_start") waiting.streamId = frame.data.stream_id
+    }
+    show(frame)
+    for (const listener of listeners) listener(frame)
+    if (id === null || waiting === undefined || !isFinalFrame(frame)) return
+    pending.delete(id)
+    waiting.resolve(frame)
+  }
+
+  /** The connection requests go out on: the open one, or the reconnection under way. */
+  let ready: Promise<WebSocket> = connect()
+  await ready
+  say("Connected")
+
+  const send = (ws: WebSocket, frame: ClientFrame): void => {
+    sent(frame)
+    ws.send(JSON.stringify(frame))
+  }
+
+  const lost = (reason: string): void => {
+    socket = undefined
+    if (closing) return
+    say(`Connection lost: ${reason}`)
+    // Only a stream whose id is known can be picked up again; everything else in flight fails.
+    for (const [id, waiting] of pending) {
+      if (waiting.streamId !== undefined) continue
+      pending.delete(id)
+      waiting.reject(new Error(`[${id}] ${reason}`))
+    }
+    ready = reconnect()
+    ready.catch(() => {}) // Reported through the pending requests, and to the next request.
+  }
+
+  const reconnect = async (): Promise<WebSocket> => {
+    for (let attempt = 1; attempt <= RECONNECT_ATTEMPTS; attempt++) {
+      await sleep(backoff(attempt))
+      if (closing) break
+      say(`Reconnecting to ${options.url.href} (attempt ${attempt} of ${RECONNECT_ATTEMPTS})`)
+      try {
+        const ws = await connect()
+        say("Reconnected")
+        for (const [id, waiting] of pending) {
+          if (waiting.streamId === undefined) continue
+          const resumeId = `${id}~resume-${++resumes}`
+          aliases.set(resumeId, id)
+          send(ws, { type: "resume", request_id: resumeId, payload: { stream_id: waiting.streamId, after: waiting.lastSeq } })
+          say(`(connection dropped after seq ${waiting.lastSeq}; resumed stream ${waiting.streamId} after ${waiting.lastSeq})`)
+        }
+        return ws
+      } catch (error) {
+        say(`Could not reconnect: ${messageOf(error)}`)
+      }
+    }
+    const failure = new Error(`gave up reconnecting after ${RECONNECT_ATTEMPTS} attempts`)
+    for (const waiting of pending.values()) waiting.reject(failure)
+    pending.clear()
+    throw failure
+  }
+
+  return {
+    request: async (frame) => {
+      const ws = await ready
+      const resumable = frame.type === "chat_completion_stream" && frame.payload?.resumable === true
+      const final = new Promise<ServerFrame>((resolve, reject) =>
+        pending.set(frame.request_id, { resolve, reject, resumable, streamId: undefined, lastSeq: 0 })
+      )
+      send(ws, frame)
+      return final
+    },
+    onFrame: (listener) => {
+      listeners.add(listener)
+      return () => listeners.delete(listener)
+    },
+    drop: () => socket?.terminate(),
+    close: (graceful) => {
+      closing = true
+      if (graceful) socket?.close(1000)
+      else socket?.terminate()
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// the requests
 
 const main = async (): Promise<number> => {
   const options = parseArgs(process.argv.slice(2))
-  const headers: Record<string, string> = options.token === undefined ? {} : { authorization: `Bearer ${options.token}` }
   say(`Connecting to ${options.url.href}`)
-  const ws = new WebSocket(options.url, { headers })
+  let session: Session
   try {
-    // `once` rejects on an "error" event: refused connection, 401, wrong path...
-    await once(ws, "open")
+    session = await openSession(options)
   } catch (error) {
-    say(`Could not connect to ${options.url.href}: ${error instanceof Error ? error.message : String(error)}`)
+    say(`Could not connect to ${options.url.href}: ${messageOf(error)}`)
     return 1
   }
-  say("Connected")
 
-  const pending = new Map<string, (frame: ServerFrame) => void>()
   let unexpectedErrors = 0
   /** The stream this client cancels on purpose: its "cancelled" error frame is expected. */
   const cancelTarget = "stream-to-cancel"
-
-  ws.on("message", (data) => {
-    // The server only sends ServerFrames; a client that must distrust it would validate here.
-    const frame = JSON.parse(data.toString()) as ServerFrame
-    show(frame)
+  session.onFrame((frame) => {
     if (frame.type === "error" && !(frame.request_id === cancelTarget && frame.data.category === "cancelled")) {
       unexpectedErrors++
     }
-    if (frame.request_id === null || !isFinalFrame(frame)) return
-    const resolve = pending.get(frame.request_id)
-    pending.delete(frame.request_id)
-    resolve?.(frame)
   })
 
-  const closed = new Promise<never>((_, reject) => {
-    ws.on("close", (code, reason) => reject(new Error(`connection closed (${code} ${reason.toString()})`)))
-  })
-  closed.catch(() => {}) // Only a pending request cares; see `request`.
-  ws.on("error", (error) => say(`WebSocket error: ${error.message}`))
-
-  /** Sends a request and resolves with its final frame. */
-  const request = (frame: ClientFrame): Promise<ServerFrame> => {
-    const final = new Promise<ServerFrame>((resolve) => pending.set(frame.request_id, resolve))
-    sent(frame)
-    ws.send(JSON.stringify(frame))
-    return Promise.race([final, closed])
-  }
+  const { request } = session
 
   // get_weather exactly as the seed's README calls it.
   const weatherCall = {
@@ -223,11 +382,23 @@ const main = async (): Promise<number> => {
       }
     })
 
+    // Resumable: a dropped connection picks it up again where it stopped.
+    const streamId = "stream-1"
+    let chunks = 0
+    const stopCounting = session.onFrame((frame) => {
+      if (frame.request_id !== streamId || frame.type !== "chat_completion_stream_chunk" || contentOf(frame) === "") return
+      if (++chunks !== options.dropAfter) return
+      say(`(--drop-after ${options.dropAfter}: dropping the connection on purpose)`)
+      session.drop()
+    })
     await request({
       type: "chat_completion_stream",
-      request_id: "stream-1",
-      payload: { messages: [{ role: "user", content: "Tell me a short story" }], max_tokens: 200 }
-    })
+      request_id: streamId,
+      payload: { messages: [{ role: "user", content: "Tell me a short story" }], max_tokens: 200, resumable: true }
+    }).finally(stopCounting)
+    if (options.dropAfter !== undefined && chunks < options.dropAfter) {
+      say(`(--drop-after ${options.dropAfter}: the stream had only ${chunks} content chunks; nothing was dropped)`)
+    }
 
     await request({
       type: "embedding",
@@ -250,23 +421,21 @@ const main = async (): Promise<number> => {
       }
     })
 
-    // Start a stream and cancel it once its first chunk is here. If the stream
+    // Start a stream and cancel it once its first frame is here. If the stream
     // wins the race it simply ends, and the cancel answers cancelled=false.
+    let stopWaiting = (): void => {}
+    const firstFrame = new Promise<void>((resolve) => {
+      stopWaiting = session.onFrame((frame) => {
+        if (frame.request_id === cancelTarget) resolve()
+      })
+    })
     const stream = request({
       type: "chat_completion_stream",
       request_id: cancelTarget,
       payload: { messages: [{ role: "user", content: "Tell me a very long story about the sea" }] }
     })
-    await new Promise<void>((resolve) => {
-      const onMessage = (data: WebSocket.RawData) => {
-        const text = data.toString()
-        if (text.includes(`"request_id":"${cancelTarget}"`)) {
-          ws.off("message", onMessage)
-          resolve()
-        }
-      }
-      ws.on("message", onMessage)
-    })
+    // The stream's own failure (a dropped connection) must not leave this wait hanging.
+    await Promise.race([firstFrame, stream]).finally(stopWaiting)
     const cancel = request({ type: "cancel", request_id: "cancel-1", payload: { request_id: cancelTarget } })
     await Promise.all([stream, cancel])
   }
@@ -278,14 +447,14 @@ const main = async (): Promise<number> => {
   try {
     await Promise.race([requests(), timeout])
   } catch (error) {
-    say(`Failed: ${error instanceof Error ? error.message : String(error)}`)
-    ws.terminate()
+    say(`Failed: ${messageOf(error)}`)
+    session.close(false)
     return 1
   } finally {
     clearTimeout(timer)
   }
 
-  ws.close(1000)
+  session.close(true)
   if (unexpectedErrors > 0) {
     say(`Done, with ${unexpectedErrors} error frame(s)`)
     return 1
@@ -299,7 +468,7 @@ main().then(
     process.exitCode = code
   },
   (error: unknown) => {
-    say(error instanceof Error ? error.message : String(error))
+    say(messageOf(error))
     process.exitCode = 1
   }
 )

@@ -1,6 +1,8 @@
 /**
  * A browser chat client for AIBase's /ws protocol: streamed replies, tool
- * calls as they happen, cancel, and reconnects with backoff.
+ * calls as they happen, cancel, and reconnects with backoff. Replies are
+ * resumable streams: a reply cut by a dropped connection is resumed on the
+ * next one, after the last frame (`seq`) the page has.
  *
  * The frame types come from the server's own protocol module. They are
  * imported with `import type`, which the build erases: nothing from the
@@ -13,9 +15,16 @@ type Message = NonNullable<StreamRequest["payload"]>["messages"][number]
 type DataOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { readonly type: T }>["data"]
 
 // ---------------------------------------------------------------------------
-// configuration: ?server=ws://host:port/ws and ?token=...
+// configuration: ?server=ws://host:port/ws, ?token=... and ?dropAfter=N
 
 const params = new URLSearchParams(location.search)
+
+/** A demo (and test) of resuming: drop the connection after this many text chunks of each reply. */
+const dropAfterParam = Number(params.get("dropAfter"))
+const dropAfter = Number.isInteger(dropAfterParam) && dropAfterParam > 0 ? dropAfterParam : undefined
+
+/** Reconnections a reply waits through before it is given up as interrupted. */
+const RESUME_ATTEMPTS = 5
 
 const serverUrl = (): string => {
   const url = new URL(params.get("server") ?? `ws://${location.hostname || "localhost"}:8080/ws`, location.href)
@@ -74,7 +83,16 @@ const addBubble = (role: "user" | "assistant" | "notice", text?: string): HTMLEl
 
 /** One streamed reply: its request, its bubble and what has arrived so far. */
 interface Turn {
-  readonly id: string
+  /** The request frames arrive under: the chat_completion_stream, then each resume of it. */
+  id: string
+  /** From chat_completion_stream_start: what a resume asks for. */
+  streamId: string | undefined
+  /** The seq of the last frame shown: a resume asks for the frames after it. */
+  lastSeq: number
+  /** Text chunks shown, for ?dropAfter. */
+  chunks: number
+  /** Says that the reply was resumed, once it has been. */
+  resumeNote: HTMLElement | undefined
   readonly bubble: HTMLElement
   readonly body: HTMLElement
   /** The text segment being written; a tool call starts a new one after it. */
@@ -150,7 +168,10 @@ const addTool = (turn: Turn): ToolView => {
 const onChunk = (turn: Turn, chunk: DataOf<"chat_completion_stream_chunk">): void => {
   const delta = chunk.choices[0]?.delta
   if (delta === undefined) return
-  if (typeof delta.content === "string" && delta.content !== "") appendText(turn, delta.content)
+  if (typeof delta.content === "string" && delta.content !== "") {
+    appendText(turn, delta.content)
+    if (++turn.chunks === dropAfter) dropConnection()
+  }
   for (const call of delta.tool_calls ?? []) {
     let view = turn.round.get(call.index)
     if (view === undefined) {
@@ -190,7 +211,15 @@ const finish = (turn: Turn, state: "done" | "cancelled" | "error", note?: string
 
 const onFrame = (frame: ServerFrame): void => {
   const turn = active !== undefined && frame.request_id === active.id ? active : undefined
+  if (turn !== undefined && "seq" in frame && frame.seq !== undefined) {
+    // Frames keep their seq across a resume: one at or before the last shown is a repeat.
+    if (frame.seq <= turn.lastSeq) return
+    turn.lastSeq = frame.seq
+  }
   switch (frame.type) {
+    case "chat_completion_stream_start":
+      if (turn !== undefined) turn.streamId = frame.data.stream_id
+      return
     case "chat_completion_stream_chunk":
       if (turn !== undefined) onChunk(turn, frame.data)
       return
@@ -224,14 +253,26 @@ const send = (): void => {
   write({
     type: "chat_completion_stream",
     request_id: id,
-    payload: { messages: [...history], tools: "registry", auto_execute_tools: true }
+    payload: { messages: [...history], tools: "registry", auto_execute_tools: true, resumable: true }
   })
   addBubble("user", text)
   const bubble = addBubble("assistant")
   bubble.dataset.state = "streaming"
   bubble.setAttribute("aria-busy", "true")
   const body = bubble.querySelector<HTMLElement>(".body") ?? bubble
-  active = { id, bubble, body, text: undefined, content: "", round: new Map(), tools: [] }
+  active = {
+    id,
+    streamId: undefined,
+    lastSeq: 0,
+    chunks: 0,
+    resumeNote: undefined,
+    bubble,
+    body,
+    text: undefined,
+    content: "",
+    round: new Map(),
+    tools: []
+  }
   input.value = ""
   input.focus()
   updateControls()
@@ -256,6 +297,37 @@ input.addEventListener("keydown", (event) => {
 cancelButton.addEventListener("click", cancel)
 
 // ---------------------------------------------------------------------------
+// resuming a reply after the connection dropped
+
+/** Asks, on the new connection, for the rest of the reply the dropped one was streaming. */
+const resume = (turn: Turn, streamId: string): void => {
+  const after = turn.lastSeq
+  turn.id = nextId("resume")
+  write({ type: "resume", request_id: turn.id, payload: { stream_id: streamId, after } })
+  turn.bubble.dataset.state = "streaming"
+  const note = turn.resumeNote ?? make("p", "note")
+  note.textContent = `The connection dropped after seq ${after}; the reply was resumed.`
+  if (turn.resumeNote === undefined) {
+    turn.resumeNote = note
+    note.dataset.testid = "resume-note"
+    reveal(() => turn.bubble.append(note))
+  }
+}
+
+/** What the page does with the reply in progress when the connection drops. */
+const onDrop = (turn: Turn): void => {
+  // Only a reply whose stream id is known can be resumed, and only for a while.
+  if (turn.streamId === undefined || attempt >= RESUME_ATTEMPTS) {
+    finish(turn, "error", "Connection lost: the reply was interrupted.")
+    return
+  }
+  turn.bubble.dataset.state = "resuming"
+}
+
+/** Closes the connection as if the network had dropped it (?dropAfter). */
+const dropConnection = (): void => socket?.close(4000, "dropped on purpose (?dropAfter)")
+
+// ---------------------------------------------------------------------------
 // the connection, reopened with exponential backoff (0.5 s doubling to 5 s, jittered)
 
 const connect = (): void => {
@@ -275,6 +347,7 @@ const connect = (): void => {
     attempt = 0
     connected = true
     setStatus("connected", "Connected")
+    if (active?.streamId !== undefined) resume(active, active.streamId)
     updateControls()
   })
   ws.addEventListener("message", (event: MessageEvent<unknown>) => {
@@ -284,7 +357,7 @@ const connect = (): void => {
     if (socket !== ws) return
     socket = undefined
     connected = false
-    if (active !== undefined) finish(active, "error", "Connection lost: the reply was interrupted.")
+    if (active !== undefined) onDrop(active)
     const delay = Math.min(5000, 500 * 2 ** attempt) * (0.8 + Math.random() * 0.4)
     attempt++
     setStatus("disconnected", `Disconnected, reconnecting in ${(delay / 1000).toFixed(1)} s…`)

@@ -92,11 +92,12 @@ describe("the browser chat client", () => {
   let pageUrl = ""
   const pageErrors: Array<string> = []
 
-  const open = async (port: number): Promise<Page> => {
+  /** Opens the page on the server at `port`; `query` adds parameters (e.g. `&dropAfter=3`). */
+  const open = async (port: number, query = ""): Promise<Page> => {
     if (browser === undefined) throw new Error("the browser did not start")
     const opened = await browser.newPage()
     opened.on("pageerror", (error) => pageErrors.push(error.message))
-    await opened.goto(`${pageUrl}?server=${encodeURIComponent(`ws://${HOST}:${port}/ws`)}`)
+    await opened.goto(`${pageUrl}?server=${encodeURIComponent(`ws://${HOST}:${port}/ws`)}${query}`)
     await expectStatus(opened, "connected")
     return opened
   }
@@ -204,6 +205,32 @@ describe("the browser chat client", () => {
     await expect(slow.locator("#send").isEnabled()).resolves.toBe(true)
     await expect(slow.locator("#cancel").isDisabled()).resolves.toBe(true)
     await slow.close()
+  })
+
+  it("resumes a reply after the connection drops mid-stream, with the same text", { timeout: 40_000 }, async () => {
+    const message = `Please repeat all of this: ${Array.from({ length: 8 }, (_, i) => `word${i}`).join(" ")} THE-END`
+    // The offline model answers the same conversation with the same text: this is the reply uninterrupted.
+    const plain = await open(portOf(slowServer))
+    const whole = (await (await chat(plain, message)).locator("[data-testid=assistant-text]").textContent()) ?? ""
+    await plain.close()
+    expect(whole).toContain("THE-END")
+
+    // ?dropAfter=3 closes the connection after the reply's third text chunk, while the slow server is still streaming.
+    const dropping = await open(portOf(slowServer), "&dropAfter=3")
+    await recordAssistant(dropping)
+    const bubble = await chat(dropping, message)
+    const resumed = (await bubble.locator("[data-testid=assistant-text]").textContent()) ?? ""
+    expect(resumed).toBe(whole)
+    await expect(bubble.locator("[data-testid=resume-note]").textContent()).resolves.toMatch(
+      /connection dropped after seq \d+; the reply was resumed/
+    )
+    // No gap and no repeat on screen either: every text shown was the start of the whole reply.
+    const texts = await recorded(dropping)
+    expect(texts.filter((text) => !whole.startsWith(text))).toEqual([])
+    expect(texts.at(-1)).toBe(whole)
+    await expectStatus(dropping, "connected")
+    await expect(dropping.locator("#send").isEnabled()).resolves.toBe(true)
+    await dropping.close()
   })
 
   it("reconnects after the server goes away and comes back on the same port", { timeout: 50_000 }, async () => {
