@@ -8,7 +8,8 @@
  * - `chat_completion_stream` → POST upstream with `stream: true` (and
  *   `stream_options.include_usage`), each SSE chunk forwarded as a
  *   `chat_completion_stream_chunk` frame, then `chat_completion_stream_end`
- *   with the finish reason, the assembled content and the usage.
+ *   with the finish reason, the assembled content and the usage; each of
+ *   these frames carries its `seq` (1, 2, 3, ...), as AIBase's do.
  * - `chat_completion` → `chat_completion_response`; `embedding` → `embedding_response`
  *   (the upstream's JSON parsed and re-serialised into the envelope).
  * - `cancel` and a client disconnect abort the upstream request at once.
@@ -166,6 +167,7 @@ const serve = (socket: WebSocket) => {
     let content = ""
     let finishReason: string | null = null
     let usage: unknown = undefined
+    let seq = 0
     const line = (raw: string) => {
       const text = raw.endsWith("\r") ? raw.slice(0, -1) : raw
       if (!text.startsWith("data:")) return
@@ -184,7 +186,7 @@ const serve = (socket: WebSocket) => {
         if (typeof choice.finish_reason === "string") finishReason = choice.finish_reason
       }
       if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
-      send(JSON.stringify({ type: "chat_completion_stream_chunk", request_id: requestId, data: chunk }))
+      send(JSON.stringify({ type: "chat_completion_stream_chunk", request_id: requestId, seq: ++seq, data: chunk }))
     }
     call(
       requestId,
@@ -206,6 +208,7 @@ const serve = (socket: WebSocket) => {
           send(JSON.stringify({
             type: "chat_completion_stream_end",
             request_id: requestId,
+            seq: ++seq,
             data: usage === undefined
               ? { finish_reason: finishReason, content }
               : { finish_reason: finishReason, content, usage }

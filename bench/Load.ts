@@ -7,7 +7,9 @@
  * Frames are not fully parsed (that would make the client, which shares the
  * machine, the bottleneck): the envelope's `type` and `request_id` are read
  * with `indexOf`, and a chunk is a content chunk when it carries a non-empty
- * `"content":"..."`.
+ * `"content":"..."`. Stream frames carry `seq` (1, 2, 3, ... per request);
+ * a resumable stream's first frame is `chat_completion_stream_start`, which
+ * is counted apart and is neither a content chunk nor the stream's end.
  */
 import { Agent, request } from "node:http"
 import WebSocket from "ws"
@@ -26,6 +28,23 @@ const field = (text: string, name: string): string => {
   const end = text.indexOf("\"", start)
   return end === -1 ? "" : text.slice(start, end)
 }
+
+/** The unsigned integer after `"name":`, or -1 when there is none. */
+const intField = (text: string, name: string): number => {
+  const key = `"${name}":`
+  const at = text.indexOf(key)
+  if (at === -1) return -1
+  let n = -1
+  for (let i = at + key.length; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c < 48 || c > 57) break
+    n = (n === -1 ? 0 : n * 10) + (c - 48)
+  }
+  return n
+}
+
+/** The first frame of a resumable stream (`data.stream_id`): not a chunk, not the end. */
+export const STREAM_START = "chat_completion_stream_start"
 
 /** A content chunk carries `"content":"X...` with at least one character. */
 export const hasContent = (text: string): boolean => {
@@ -154,11 +173,18 @@ export interface StreamResult {
   readonly errors: Array<string>
   /** Sum of the rounds' durations (first send to last end). */
   readonly wallMs: number
+  /** `chat_completion_stream_start` frames with a `stream_id` (one per resumable stream). */
+  readonly startFrames: number
+  /** Every frame received for the streams (start, chunks, end or error). */
+  readonly frames: number
+  /** Frames whose `seq` was missing or not the previous one + 1 (the first is 1). */
+  readonly seqErrors: number
 }
 
-export const streamPayload = (model?: string) => ({
+export const streamPayload = (model?: string, resumable = false) => ({
   messages: [{ role: "user", content: "Write a few words." }],
-  ...(model === undefined ? {} : { model })
+  ...(model === undefined ? {} : { model }),
+  ...(resumable ? { resumable: true } : {})
 })
 
 /**
@@ -168,14 +194,23 @@ export const streamPayload = (model?: string) => ({
 export const runStreams = async (
   conns: ReadonlyArray<Conn>,
   rounds: number,
-  options: { readonly roundDeadlineMs: number; readonly model?: string; readonly tag: string }
+  options: {
+    readonly roundDeadlineMs: number
+    readonly model?: string
+    readonly tag: string
+    /** `"resumable": true` in the payload: each stream starts with a `chat_completion_stream_start` frame. */
+    readonly resumable?: boolean
+  }
 ): Promise<StreamResult> => {
   const ttfts: Array<number> = []
   const errors: Array<string> = []
   let contentChunks = 0
   let completed = 0
   let wallMs = 0
-  const payload = streamPayload(options.model)
+  let startFrames = 0
+  let frames = 0
+  let seqErrors = 0
+  const payload = streamPayload(options.model, options.resumable === true)
   for (let round = 0; round < rounds; round++) {
     const started = performance.now()
     let pending = 0
@@ -198,8 +233,19 @@ export const runStreams = async (
         const requestId = `${options.tag}-${round}-${i}`
         const sentAt = performance.now()
         let first = true
+        let seq = 0
         pending++
         conn.on(requestId, (frame) => {
+          if (frame.type !== "closed") {
+            frames++
+            const n = intField(frame.text, "seq")
+            if (n !== seq + 1) seqErrors++
+            seq = n
+          }
+          if (frame.type === STREAM_START) {
+            if (field(frame.text, "stream_id") !== "") startFrames++
+            return
+          }
           if (frame.type === "chat_completion_stream_chunk") {
             if (hasContent(frame.text)) {
               contentChunks++
@@ -225,7 +271,7 @@ export const runStreams = async (
     for (let i = 0; i < conns.length; i++) conns[i]?.off(`${options.tag}-${round}-${i}`)
     wallMs += performance.now() - started
   }
-  return { ttfts, contentChunks, completed, failed: errors.length, errors: summarize(errors), wallMs }
+  return { ttfts, contentChunks, completed, failed: errors.length, errors: summarize(errors), wallMs, startFrames, frames, seqErrors }
 }
 
 // ---------------------------------------------------------------------------

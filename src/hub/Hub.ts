@@ -51,9 +51,21 @@ export const stoppedAtShutdown = new UnavailableError({
   message: "The server is shutting down and stopped this request; retry on a new connection shortly"
 })
 
+/**
+ * Whether `interruptors` include `id`, also inside a composite FiberId (an
+ * interruption passed on from one fiber to another carries both).
+ */
+export const interruptedBy = (interruptors: HashSet.HashSet<FiberId.FiberId>, id: FiberId.FiberId): boolean => {
+  const wanted = FiberId.ids(id)
+  for (const interruptor of interruptors) {
+    for (const n of FiberId.ids(interruptor)) if (HashSet.has(wanted, n)) return true
+  }
+  return false
+}
+
 /** Whether an interruption came from the Hub stopping requests at shutdown. */
 export const isShutdown = (interruptors: HashSet.HashSet<FiberId.FiberId>): boolean =>
-  HashSet.has(interruptors, ShutdownFiberId)
+  interruptedBy(interruptors, ShutdownFiberId)
 
 /** A membership taken outside a scope: the caller must release it. */
 export interface ManualMembership extends Membership {

@@ -7,7 +7,7 @@
  */
 import { RpcServer } from "@effect/rpc"
 import { Cause, Exit, FiberId, FiberRef, HashSet, Option } from "effect"
-import { isShutdown } from "../hub/Hub.js"
+import { interruptedBy, isShutdown } from "../hub/Hub.js"
 import type { ChatCompletionResponse } from "../protocol/Chat.js"
 import type { EmbeddingResponse } from "../protocol/Embedding.js"
 import { isAiBaseError } from "../protocol/Errors.js"
@@ -142,7 +142,7 @@ export const DisconnectFiberId: FiberId.FiberId = FiberId.make(-1002, 0)
 
 /** Whether an interruption came from the client going away (on /ws, or on /rpc through RpcServer). */
 export const isDisconnect = (interruptors: HashSet.HashSet<FiberId.FiberId>): boolean =>
-  HashSet.has(interruptors, DisconnectFiberId) || HashSet.has(interruptors, RpcServer.fiberIdTransientInterrupt)
+  interruptedBy(interruptors, DisconnectFiberId) || interruptedBy(interruptors, RpcServer.fiberIdTransientInterrupt)
 
 export interface Outcome {
   /** `ok`, or the error category. */

@@ -41,11 +41,11 @@ import {
 } from "effect"
 import { randomBytes } from "node:crypto"
 import { Database } from "../db/Database.js"
-import { Hub, isShutdown, ShutdownFiberId, stoppedAtShutdown } from "../hub/Hub.js"
+import { Hub, interruptedBy, isShutdown, ShutdownFiberId, stoppedAtShutdown } from "../hub/Hub.js"
 import { INSTANCE } from "../ledger/Ledger.js"
 import { isDisconnect } from "../ledger/RequestRecord.js"
 import { type AiBaseError, CancelledError, NotFoundError, UpstreamError } from "../protocol/Errors.js"
-import { type ChatStreamEvent, type ResumeRequest, STREAM_END, STREAM_START } from "../protocol/Rpcs.js"
+import { type ChatStreamEvent, PLAIN_EVENTS, type ResumeRequest, STREAM_END, STREAM_START } from "../protocol/Rpcs.js"
 import type * as Push from "../stream/Push.js"
 import * as Coordination from "./Coordination.js"
 import * as StreamStore from "./StreamStore.js"
@@ -59,7 +59,8 @@ export interface ResumableStreamsOptions {
   readonly bufferSize?: number | undefined
 }
 
-type Frame = ChatStreamEvent & { readonly seq: number }
+/** A kept frame; a chunk's data is encoded once, here, for the store and the socket alike. */
+type Frame = ChatStreamEvent & { readonly seq: number; readonly json?: string | undefined }
 
 interface Attachment {
   /** Unique per attach: how instances tell attachments apart. */
@@ -140,7 +141,7 @@ const finalError = (exit: Exit.Exit<void, AiBaseError>): AiBaseError | undefined
   if (Option.isSome(failure)) return failure.value
   const interruptors = Cause.interruptors(exit.cause)
   if (isShutdown(interruptors)) return stoppedAtShutdown
-  if (Cause.isInterruptedOnly(exit.cause)) return HashSet.has(interruptors, AbandonedFiberId) ? abandoned : cancelled
+  if (Cause.isInterruptedOnly(exit.cause)) return interruptedBy(interruptors, AbandonedFiberId) ? abandoned : cancelled
   return interrupted
 }
 
@@ -265,7 +266,10 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
         entry.attachment = undefined
         if (entry.final !== undefined || entry.fiber === undefined) return
         if (isShutdown(interruptors)) return
-        if (isDisconnect(interruptors)) return startDetachTimer(entry)
+        if (isDisconnect(interruptors)) {
+          store.flushStream(entry.id)
+          return startDetachTimer(entry)
+        }
         entry.fiber.unsafeInterruptAsFork(FiberId.none)
       }
 
@@ -290,7 +294,10 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
 
       /** Keeps a frame, stores it, and hands it to an attachment that is caught up. */
       const record = (entry: Entry) => (event: ChatStreamEvent): Promise<void> | undefined => {
-        const frame: Frame = { ...event, seq: entry.frames.length + 1 }
+        const seq = entry.frames.length + 1
+        const frame: Frame = PLAIN_EVENTS.has(event._tag)
+          ? { ...event, seq, json: JSON.stringify(event.data) }
+          : { ...event, seq }
         entry.frames.push(frame)
         store.putEvent(entry.id, frame)
         const attachment = entry.attachment
@@ -304,6 +311,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
         if (entry.detachTimer !== undefined) clearTimeout(entry.detachTimer)
         const error = finalError(exit)
         if (error !== undefined) store.putError(entry.id, entry.frames.length + 1, error)
+        store.flushStream(entry.id)
         entry.final = { error }
         const now = Date.now()
         store.putStream({ ...row, lease_until: now, finished_at: now })

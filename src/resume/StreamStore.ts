@@ -37,6 +37,16 @@ export type StoredFrame =
 type Op =
   | { readonly _tag: "stream"; readonly row: StreamRow }
   | { readonly _tag: "frame"; readonly frame: PendingFrame }
+  /** Consecutive frames of one stream, gathered before they were offered. */
+  | { readonly _tag: "segment"; readonly frames: ReadonlyArray<PendingFrame> }
+
+/**
+ * On one instance a stream's frames are gathered in memory and written as
+ * one row per this many (and at its end, or when its client drops): nobody
+ * else waits for them, and a row per few frames costs more than the rest
+ * of a chunk's work. With several instances every batch is written.
+ */
+const SEGMENT = 64
 
 /** The type stored for the error that ends a failed stream. */
 const ERROR = "error"
@@ -62,9 +72,12 @@ const decodeSegment = Schema.decodeUnknownEither(Segment)
 const decodeStreamRows = Schema.decodeUnknown(Schema.Array(StreamRowSchema))
 const decodeSegmentRows = Schema.decodeUnknown(Schema.Array(SegmentRow))
 
-/** The frame's data in JSON: chunks as they are (their decoded form is their JSON form), other events encoded. */
-const dataOf = (event: ChatStreamEvent): string =>
-  JSON.stringify(PLAIN_EVENTS.has(event._tag) ? event.data : encodeEvent(event).data)
+/**
+ * The frame's data in JSON: chunks as they are (their decoded form is their
+ * JSON form; the stream may have encoded it already), other events encoded.
+ */
+export const dataOf = (event: ChatStreamEvent & { readonly json?: string | undefined }): string =>
+  event.json ?? JSON.stringify(PLAIN_EVENTS.has(event._tag) ? event.data : encodeEvent(event).data)
 
 const toStoredFrame = (frame: { readonly s: number; readonly t: string; readonly d: unknown }): Either.Either<StoredFrame, ParseResult.ParseError> => {
   if (frame.t === ERROR) return Either.map(decodeError(frame.d), (error) => ({ _tag: "error" as const, seq: frame.s, error }))
@@ -84,8 +97,10 @@ const segmentOf = (frames: ReadonlyArray<PendingFrame>) => ({
 
 export interface StreamStore {
   readonly putStream: (row: StreamRow) => void
-  readonly putEvent: (streamId: string, event: ChatStreamEvent & { readonly seq: number }) => void
+  readonly putEvent: (streamId: string, event: ChatStreamEvent & { readonly seq: number; readonly json?: string | undefined }) => void
   readonly putError: (streamId: string, seq: number, error: AiBaseError) => void
+  /** Hands the frames gathered for a stream to the writer now (its end, or its client dropped). */
+  readonly flushStream: (streamId: string) => void
   /** A stream's row, if stored and not past its retention. */
   readonly find: (id: string) => Effect.Effect<Option.Option<StreamRow>, SqlError | ParseResult.ParseError>
   /** A stream's frames after `after`, in order. */
@@ -105,6 +120,10 @@ const write = (coordination: Coordination, sql: SqlClient.SqlClient, batch: Read
     for (const op of batch) {
       if (op._tag === "stream") {
         streams.set(op.row.id, op.row)
+        continue
+      }
+      if (op._tag === "segment") {
+        segments.push(segmentOf(op.frames))
         continue
       }
       const run = pending.get(op.frame.stream_id)
@@ -139,6 +158,7 @@ export const make = (
         putStream: () => {},
         putEvent: () => {},
         putError: () => {},
+        flushStream: () => {},
         find: () => Effect.succeed(Option.none()),
         frames: () => Effect.succeed([]),
         renewLeases: () => Effect.void,
@@ -170,13 +190,27 @@ export const make = (
       Effect.forkScoped
     )
 
+    const gathered = new Map<string, Array<PendingFrame>>()
+    const flushStream = (streamId: string) => {
+      const frames = gathered.get(streamId)
+      if (frames === undefined) return
+      gathered.delete(streamId)
+      writer.offer({ _tag: "segment", frames })
+    }
+    const put = (frame: PendingFrame) => {
+      if (coordination.shared) return writer.offer({ _tag: "frame", frame })
+      const frames = gathered.get(frame.stream_id)
+      if (frames === undefined) gathered.set(frame.stream_id, [frame])
+      else if (frames.push(frame) >= SEGMENT) flushStream(frame.stream_id)
+    }
+
     return {
-      // A new stream is written at once: a resumer elsewhere must find it.
-      putStream: (row) => writer.offer({ _tag: "stream", row }, row.finished_at === null),
-      putEvent: (streamId, event) =>
-        writer.offer({ _tag: "frame", frame: { stream_id: streamId, seq: event.seq, type: event._tag, data: dataOf(event) } }),
+      // With several instances a new stream is written at once: a resumer elsewhere must find it.
+      putStream: (row) => writer.offer({ _tag: "stream", row }, coordination.shared && row.finished_at === null),
+      putEvent: (streamId, event) => put({ stream_id: streamId, seq: event.seq, type: event._tag, data: dataOf(event) }),
       putError: (streamId, seq, error) =>
-        writer.offer({ _tag: "frame", frame: { stream_id: streamId, seq, type: ERROR, data: JSON.stringify(encodeError(error)) } }),
+        put({ stream_id: streamId, seq, type: ERROR, data: JSON.stringify(encodeError(error)) }),
+      flushStream,
       find: (id) =>
         Effect.gen(function*() {
           const sql = yield* client

@@ -34,6 +34,8 @@ export interface StreamEvent {
   readonly _tag: string
   readonly data: unknown
   readonly seq?: number | undefined
+  /** `data` already in JSON, when the stream had to encode it anyway (resumable streams store it). */
+  readonly json?: string | undefined
 }
 
 const pushHandler = <P, I, A extends StreamEvent>(

@@ -115,7 +115,7 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
           seq = event.seq ?? seq + 1
           if (PLAIN_EVENTS.has(event._tag)) {
             return emit(
-              `{"type":"${event._tag}","request_id":${quotedId},"seq":${seq},"data":${JSON.stringify(event.data)}}`,
+              `{"type":"${event._tag}","request_id":${quotedId},"seq":${seq},"data":${event.json ?? JSON.stringify(event.data)}}`,
               false
             )
           }

@@ -15,7 +15,7 @@
  */
 import { type Headers, HttpLayerRouter, Socket, SocketServer } from "@effect/platform"
 import { RpcMiddleware, RpcServer } from "@effect/rpc"
-import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberRef, Layer, Runtime, Schedule } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberRef, HashSet, Layer, Runtime, Schedule } from "effect"
 import type { WebSocket } from "ws"
 import { AppConfig } from "../config/AppConfig.js"
 import { Hub, isShutdown, stoppedAtShutdown } from "../hub/Hub.js"
@@ -88,8 +88,9 @@ const layerRequestGuard = Layer.effect(
         return Effect.flatMap(Effect.fork(restore(recorded(hub.track(next), rpc._tag, headers))), (child) =>
           Effect.matchCauseEffect(restore(Fiber.await(child)), {
             // Awaiting cannot fail: this is the request being interrupted.
+            // By the same FiberId, so that the request can tell a disconnect from a cancel.
             onFailure: (cause) =>
-              Fiber.interrupt(child).pipe(Effect.zipRight(release(clientId)), Effect.zipRight(Effect.failCause(cause))),
+              interruptLike(child, cause).pipe(Effect.zipRight(release(clientId)), Effect.zipRight(Effect.failCause(cause))),
             onSuccess: (exit) =>
               Effect.zipRight(
                 release(clientId),
@@ -100,6 +101,12 @@ const layerRequestGuard = Layer.effect(
     )
   })
 )
+
+/** Interrupts `fiber` by whoever interrupted `cause`. */
+const interruptLike = <A, E>(fiber: Fiber.RuntimeFiber<A, E>, cause: Cause.Cause<unknown>) => {
+  const by = HashSet.values(Cause.interruptors(cause)).next()
+  return by.done === true ? Fiber.interrupt(fiber) : Fiber.interruptAs(fiber, by.value)
+}
 
 /** The sockets this route upgrades, as a SocketServer for RpcServer's socket protocol. */
 class RpcSockets extends Context.Tag("aibase/RpcSockets")<RpcSockets, {

@@ -9,7 +9,7 @@
  * `toStream` and `fromStream` convert at the edges where an Effect `Stream`
  * is wanted (/rpc, the public API, test doubles).
  */
-import { Effect, Exit, Mailbox, Stream } from "effect"
+import { Cause, Effect, Exit, Fiber, HashSet, Mailbox, Stream } from "effect"
 
 /**
  * Takes one element. `undefined` means "go on"; a promise means "wait for it
@@ -54,16 +54,25 @@ export const yieldIfBusy = (): Promise<void> | undefined => {
 /** Elements buffered between a push stream and a pulling consumer. */
 const BUFFER = 64
 
-/** A push stream as an Effect Stream (one Mailbox between them, bounded). */
+/**
+ * A push stream as an Effect Stream (one Mailbox between them, bounded).
+ * When the consumer is interrupted, the producer is interrupted by the
+ * same FiberId, so it can tell a disconnect from a cancel (a resumable
+ * stream outlives one, not the other).
+ */
 export const toStream = <A, E, R>(push: PushStream<A, E, R>): Stream.Stream<A, E, R> =>
   Stream.unwrapScoped(Effect.gen(function*() {
     const mailbox = yield* Mailbox.make<A, E>(BUFFER)
     const sink: Sink<A> = (element) =>
       mailbox.unsafeOffer(element) ? undefined : Effect.runPromise(Effect.asVoid(mailbox.offer(element)))
-    yield* push(sink).pipe(
+    const producer = yield* push(sink).pipe(
       Effect.onExit((exit) => mailbox.done(Exit.asVoid(exit))),
-      Effect.forkScoped
+      Effect.forkDaemon
     )
+    yield* Effect.addFinalizer((exit) => {
+      const by = Exit.isFailure(exit) ? HashSet.values(Cause.interruptors(exit.cause)).next() : undefined
+      return by === undefined || by.done === true ? Fiber.interrupt(producer) : Fiber.interruptAs(producer, by.value)
+    })
     return Mailbox.toStream(mailbox)
   }))
 

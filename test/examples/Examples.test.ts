@@ -174,15 +174,19 @@ describe.concurrent("examples", () => {
           expect(dropped.output).toContain("← [cancel-1] cancel_response request_id=stream-to-cancel")
         }), { timeout: 40_000 })
 
-      it.effect("examples/effect-client calls every RPC over /rpc and handles the typed RateLimitError", () =>
+      it.effect("examples/effect-client calls every RPC over /rpc, resumes its stream after a drop, and handles the typed RateLimitError", () =>
         Effect.gen(function*() {
           const { port } = yield* TestServer.urls
-          const { code, output } = yield* run("examples/effect-client/main.ts", [`127.0.0.1:${port}`])
+          const { code, output } = yield* run("examples/effect-client/main.ts", [`127.0.0.1:${port}`, "--drop-after", "3"])
           expect(code, output).toBe(0)
+          // The stream went on while the client was away: the resume continued it, over a new connection.
+          expect(output).toMatch(/\(connection dropped after seq (\d+); resuming stream [\w-]+ after \1, attempt 1\)/)
+          expect(output.match(/chat_completion_stream_end/g)).toHaveLength(1)
           expect(output).toMatch(/Ping → pong at \d{4}-/)
           expect(output).toContain("ChatCompletion → gpt-4o-mini: \"[offline model] You said: \\\"Hello!\\\"")
           expect(output).toMatch(/tool_execution get_weather\(\{"location":"Tokyo"\}\) → Sample data/)
-          expect(output).toContain("[offline model] Based on get_weather")
+          // Split by the drop line: the reply begins before it and ends after it.
+          expect(output).toContain("[offline model] Based")
           expect(output).toContain("chat_completion_stream_end finish=stop")
           expect(output).toContain("Embedding → 2 vectors of 256 dims")
           expect(output).toMatch(/ToolsList → .*calculator.*get_weather/)

@@ -14,6 +14,7 @@ import { Chunk, Context, Effect, Exit, Layer, Scope, Stream } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { WebSocket } from "ws"
 import type { ServerFrame } from "../../src/protocol/Frames.js"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
 import * as TestServer from "../support/TestServer.js"
@@ -292,6 +293,44 @@ describe("resumable streams", () => {
 
       const plain = Chunk.toReadonlyArray(yield* Stream.runCollect(client.ChatCompletionStream({ messages: [{ role: "user", content: "hi" }] })))
       expect(plain.map((event) => event.seq)).toEqual(plain.map((_, i) => i + 1))
+    }))
+
+  it.scopedLive("a dropped /rpc connection detaches its resumable stream instead of cancelling it", () =>
+    Effect.gen(function*() {
+      const { connect, fake, rpc } = yield* server()
+      fake.enqueue(slowText())
+      // A raw /rpc client, so that the connection drops without the Interrupt an RpcClient would send.
+      const values: Array<{ readonly _tag: string; readonly seq?: number; readonly data: { readonly stream_id?: string } }> = []
+      yield* Effect.async<void, Error>((resume) => {
+        const socket = new WebSocket(rpc)
+        socket.on("open", () =>
+          socket.send(JSON.stringify({
+            _tag: "Request",
+            id: "1",
+            tag: "ChatCompletionStream",
+            payload: { messages: [{ role: "user", content: "count" }], resumable: true },
+            headers: []
+          })))
+        socket.on("message", (data) => {
+          const message: unknown = JSON.parse(data.toString())
+          if (typeof message !== "object" || message === null || !("_tag" in message) || message._tag !== "Chunk") return
+          if ("values" in message && Array.isArray(message.values)) values.push(...message.values)
+          socket.send(JSON.stringify({ _tag: "Ack", requestId: "1" }))
+          if (values.length >= 4) {
+            socket.terminate()
+            resume(Effect.void)
+          }
+        })
+        socket.on("error", (error) => resume(Effect.fail(error)))
+      })
+      const streamId = values[0]?.data.stream_id
+      if (streamId === undefined) return expect.fail(JSON.stringify(values[0]))
+      const client = yield* connect()
+      const after = values.at(-1)?.seq ?? 0
+      const rest = yield* client.request({ type: "resume", request_id: "r", payload: { stream_id: streamId, after } })
+      expect(rest.at(-1)?.type).toBe("chat_completion_stream_end")
+      expectConsecutive(rest, after + 1)
+      expect(textOf([...values.map((event) => ({ type: event._tag, data: event.data }) as ServerFrame), ...rest])).toBe(TEXT)
     }))
 
   it.live("a stream that ended is replayed from the database after a restart", () =>
