@@ -882,7 +882,7 @@ const resumableScenario = async () => {
       const found = await attempt(`resumable: reading ${file}`, () => storedStreams(file))
       if (found !== undefined) {
         stored[side] = found
-        log(`  ${label[side]}: ${found.streams} stream rows (${found.finished} finished), ${found.frames} frame rows in ${file} after shutdown`)
+        log(`  ${label[side]}: ${found.streams} stream rows (${found.finished} finished), ${found.frames} frames in ${file} after shutdown`)
       }
     }
     await discard(proc)
