@@ -75,15 +75,19 @@ export const make = <A>(options: Options<A>): Effect.Effect<BatchWriter<A>, neve
       wake.unsafeOpen()
     }
 
+    /** One write at a time: the writer and a `flush` must not write (and remove) the same items twice. */
+    const lock = yield* Effect.makeSemaphore(1)
+
     /** Writes the buffer's first items in one batch; they leave the buffer once written. */
     const writeBatch = (sql: SqlClient.SqlClient) =>
-      Effect.suspend(() => {
+      lock.withPermits(1)(Effect.suspend(() => {
         const batch = buffer.slice(0, batchSize)
+        if (batch.length === 0) return Effect.void
         return Effect.map(options.write(sql, batch), () => {
           buffer.splice(0, batch.length)
           written += batch.length
         })
-      })
+      }))
 
     const flushWith = (sql: SqlClient.SqlClient) =>
       Effect.whileLoop({ while: () => buffer.length > 0, body: () => writeBatch(sql), step: () => {} })
@@ -137,12 +141,15 @@ export const make = <A>(options: Options<A>): Effect.Effect<BatchWriter<A>, neve
     const fiber = yield* Effect.forkDaemon(Effect.all([writer, reporter], { concurrency: 2, discard: true }))
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
-        yield* Fiber.interrupt(fiber)
+        // Not awaited: a write in progress may be one the database never answers.
+        yield* Fiber.interruptFork(fiber)
         yield* reportDropped
         if (buffer.length === 0) return
-        // Finalizers are uninterruptible: the timeout must be able to stop a write that hangs.
+        // Finalizers are uninterruptible, and a database call may not be interruptible either:
+        // disconnected, the timeout returns whether or not the write ever does.
         const flushed = yield* client.pipe(
           Effect.flatMap(flushWith),
+          Effect.disconnect,
           Effect.interruptible,
           Effect.timeoutOption(flushTimeout),
           Effect.either

@@ -37,6 +37,7 @@ import {
   Option,
   Runtime,
   Schedule,
+  Schema,
   type Scope
 } from "effect"
 import { randomBytes } from "node:crypto"
@@ -44,7 +45,14 @@ import { Database } from "../db/Database.js"
 import { Hub, interruptedBy, isShutdown, ShutdownFiberId, stoppedAtShutdown } from "../hub/Hub.js"
 import { INSTANCE } from "../ledger/Ledger.js"
 import { isDisconnect } from "../ledger/RequestRecord.js"
-import { type AiBaseError, CancelledError, NotFoundError, UpstreamError } from "../protocol/Errors.js"
+import {
+  type AiBaseError,
+  AiBaseError as AiBaseErrorSchema,
+  CancelledError,
+  NotFoundError,
+  UnavailableError,
+  UpstreamError
+} from "../protocol/Errors.js"
 import { type ChatStreamEvent, PLAIN_EVENTS, type ResumeRequest, STREAM_END, STREAM_START } from "../protocol/Rpcs.js"
 import type * as Push from "../stream/Push.js"
 import * as Coordination from "./Coordination.js"
@@ -129,10 +137,41 @@ const abandoned = new CancelledError({
   code: "abandoned",
   message: "Nobody resumed the stream in time, so it was stopped"
 })
+const databaseUnavailable = new UnavailableError({
+  code: "database_unavailable",
+  message: "The stream's database cannot be read right now; retry shortly"
+})
+
+/** A read of the stream store, failing as `unavailable` when the database is down or slow. */
+const fromDatabase = <A, E>(read: Effect.Effect<A, E>): Effect.Effect<A, UnavailableError> =>
+  read.pipe(
+    Effect.timeoutFail({ duration: Duration.seconds(5), onTimeout: () => databaseUnavailable }),
+    Effect.catchAll((error) =>
+      error === databaseUnavailable
+        ? Effect.fail(databaseUnavailable)
+        : Effect.logWarning("Could not read a resumable stream from the database", error).pipe(Effect.zipRight(Effect.fail(databaseUnavailable)))
+    )
+  )
+
 const interrupted = new UpstreamError({
   code: "stream_interrupted",
   message: "The server that ran this stream stopped before it ended"
 })
+
+/**
+ * The `seq` of each stream's final error, so that an attachment that ends
+ * with it numbers its error frame as the stream did. Errors that are not a
+ * stream's frame (not found, taken over) have none.
+ */
+const finalSeqs = new WeakMap<AiBaseError, number>()
+
+const encodeError = Schema.encodeSync(AiBaseErrorSchema)
+const decodeError = Schema.decodeSync(AiBaseErrorSchema)
+/** A new instance of the same error. */
+const copyError = (error: AiBaseError): AiBaseError => decodeError(encodeError(error))
+
+/** The `seq` of an error that is a resumable stream's last frame. */
+export const seqOfFinalError = (error: AiBaseError): number | undefined => finalSeqs.get(error)
 
 /** The error a producer's exit leaves as the stream's last frame, or undefined when it ended well. */
 const finalError = (exit: Exit.Exit<void, AiBaseError>): AiBaseError | undefined => {
@@ -215,7 +254,8 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
             }
             return
           case "cancel":
-            entry?.fiber?.unsafeInterruptAsFork(FiberId.none)
+            // Only the attachment that has the stream may cancel it.
+            if (entry !== undefined && entry.remoteAttachment === message.token) entry.fiber?.unsafeInterruptAsFork(FiberId.none)
             return
         }
       })
@@ -249,8 +289,10 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
               if (entry.final.error !== undefined) return yield* Effect.fail(entry.final.error)
               return
             }
-            me.live = true
+            // Registered and checked in one step: nothing can end the stream in between.
             yield* Effect.async<void>((resume) => {
+              if (entry.final !== undefined || me.takenOver || me.cursor < entry.frames.length) return resume(Effect.void)
+              me.live = true
               me.notify = () => {
                 me.notify = undefined
                 me.live = false
@@ -310,13 +352,25 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
         entry.fiber = undefined
         if (entry.detachTimer !== undefined) clearTimeout(entry.detachTimer)
         const error = finalError(exit)
-        if (error !== undefined) store.putError(entry.id, entry.frames.length + 1, error)
+        if (error !== undefined) {
+          // A fresh instance per stream: the shared constants must not carry one stream's seq.
+          const own = copyError(error)
+          finalSeqs.set(own, entry.frames.length + 1)
+          store.putError(entry.id, entry.frames.length + 1, own)
+          entry.final = { error: own }
+        } else {
+          entry.final = { error }
+        }
         store.flushStream(entry.id)
-        entry.final = { error }
         const now = Date.now()
         store.putStream({ ...row, lease_until: now, finished_at: now })
         entry.attachment?.notify?.()
-        setTimeout(() => streams.delete(entry.id), holdMs).unref()
+        // Out of memory once its frames are in the database (checked again if the writer is behind).
+        const release = () => {
+          if (holdMs < retentionMs && store.pending() > 0) return void setTimeout(release, holdMs).unref()
+          streams.delete(entry.id)
+        }
+        setTimeout(release, holdMs).unref()
       }
 
       const start = (
@@ -377,10 +431,13 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
           return Effect.gen(function*() {
             const watch = yield* coordination.watchFrames(row.id)
             while (true) {
-              const frames = yield* store.frames(row.id, cursor).pipe(Effect.orDie)
+              const frames = yield* fromDatabase(store.frames(row.id, cursor))
               for (const frame of frames) {
                 if (me.takenOver) return yield* resumedElsewhere
-                if (frame._tag === "error") return yield* Effect.fail(frame.error)
+                if (frame._tag === "error") {
+                  finalSeqs.set(frame.error, frame.seq)
+                  return yield* Effect.fail(frame.error)
+                }
                 cursor = frame.event.seq
                 const wait = sink(frame.event)
                 if (wait !== undefined) yield* Effect.promise(() => wait)
@@ -397,7 +454,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
                   me.wake = () => resume(Effect.void)
                 })
               )
-              const found = yield* store.find(row.id).pipe(Effect.orDie)
+              const found = yield* fromDatabase(store.find(row.id))
               if (Option.isNone(found)) return yield* interrupted
               current = found.value
             }
@@ -419,8 +476,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
           const after = request.after ?? 0
           const entry = streams.get(request.stream_id)
           if (entry !== undefined) return entry.principal === principal ? attach(entry, after)(sink) : Effect.fail(notFound)
-          return store.find(request.stream_id).pipe(
-            Effect.orDie,
+          return fromDatabase(store.find(request.stream_id)).pipe(
             Effect.flatMap(Option.match({
               onNone: () => Effect.fail(notFound),
               onSome: (row) => row.principal === principal ? remote(row, after)(sink) : Effect.fail(notFound)

@@ -107,6 +107,8 @@ export interface StreamStore {
   readonly frames: (id: string, after: number) => Effect.Effect<ReadonlyArray<StoredFrame>, SqlError | ParseResult.ParseError>
   /** Extends this instance's lease on the streams it runs (another instance takes a lapsed lease as a crash). */
   readonly renewLeases: (until: number) => Effect.Effect<void>
+  /** Frames and rows not yet written. */
+  readonly pending: () => number
   /** Writes everything buffered now. */
   readonly flush: Effect.Effect<void, SqlError>
 }
@@ -138,7 +140,9 @@ const write = (coordination: Coordination, sql: SqlClient.SqlClient, batch: Read
     yield* sql.withTransaction(Effect.gen(function*() {
       if (streams.size > 0) {
         yield* sql`INSERT INTO aibase_streams ${sql.insert([...streams.values()])}
-          ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until, finished_at = excluded.finished_at`
+          ON CONFLICT (id) DO UPDATE SET finished_at = excluded.finished_at,
+            lease_until = CASE WHEN excluded.lease_until > aibase_streams.lease_until
+              THEN excluded.lease_until ELSE aibase_streams.lease_until END`
       }
       if (segments.length > 0) {
         yield* sql`INSERT INTO aibase_stream_frames ${sql.insert(segments)} ON CONFLICT (stream_id, first_seq) DO NOTHING`
@@ -162,6 +166,7 @@ export const make = (
         find: () => Effect.succeed(Option.none()),
         frames: () => Effect.succeed([]),
         renewLeases: () => Effect.void,
+        pending: () => 0,
         flush: Effect.void
       }
     }
@@ -181,9 +186,11 @@ export const make = (
     const sweep = Effect.gen(function*() {
       const sql = yield* client
       const before = Date.now() - retentionMs
-      yield* sql`DELETE FROM aibase_stream_frames WHERE stream_id IN
-        (SELECT id FROM aibase_streams WHERE finished_at IS NOT NULL AND finished_at < ${before})`
-      yield* sql`DELETE FROM aibase_streams WHERE finished_at IS NOT NULL AND finished_at < ${before}`
+      // Also streams that never finished and whose lease lapsed long ago (their instance died).
+      yield* sql`DELETE FROM aibase_stream_frames WHERE stream_id IN (SELECT id FROM aibase_streams
+        WHERE (finished_at IS NOT NULL AND finished_at < ${before}) OR (finished_at IS NULL AND lease_until < ${before}))`
+      yield* sql`DELETE FROM aibase_streams
+        WHERE (finished_at IS NOT NULL AND finished_at < ${before}) OR (finished_at IS NULL AND lease_until < ${before})`
     }).pipe(Effect.catchAll((error) => Effect.logWarning("Could not sweep expired resumable streams", error.message)))
     yield* sweep.pipe(
       Effect.repeat(Schedule.spaced(Duration.min(options.retention, Duration.minutes(1)))),
@@ -239,6 +246,7 @@ export const make = (
             Effect.asVoid,
             Effect.catchAll((error) => Effect.logWarning("Could not renew the leases of resumable streams", error.message))
           ),
+      pending: () => writer.stats().buffered + gathered.size,
       flush: writer.flush
     }
   })

@@ -17,6 +17,7 @@ import { decodeSafely, validationError } from "../protocol/Validation.js"
 import { Ledger, RECORDED_RPCS } from "../ledger/Ledger.js"
 import * as RequestRecord from "../ledger/RequestRecord.js"
 import { type Caller, isDisconnect } from "../ledger/RequestRecord.js"
+import { seqOfFinalError } from "../resume/ResumableStreams.js"
 import { PushHandlers, type StreamEvent } from "../rpc/Handlers.js"
 
 /**
@@ -105,13 +106,17 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
       const encodeEvent = Schema.encodeUnknownEither(eventSchema)
       const end = names.end
       const push = pushHandlers.get(rpc._tag)
+      const isResume = rpc._tag === "Resume"
       run = (requestId, payload, emit, caller) => {
         let ended = false
         /** The seq of the last frame sent: the stream's own numbers, or a count. */
         let seq = 0
+        /** Whether the stream numbers its frames itself (a resumable stream, a resume). */
+        let numbered = isResume
         const quotedId = JSON.stringify(requestId)
         // One synchronous call per event: encode, frame, hand to the connection.
         const sink = (event: StreamEvent): Promise<void> | undefined => {
+          if (event.seq !== undefined) numbered = true
           seq = event.seq ?? seq + 1
           if (PLAIN_EVENTS.has(event._tag)) {
             return emit(
@@ -144,7 +149,8 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
               const error = streamError(exit.cause)
               if (error === undefined) return
               ended = true
-              emit(encodeError(requestId, error, seq + 1), true)
+              // A numbered stream's own last frame keeps its number; its other errors (not found, taken over) have none.
+              emit(encodeError(requestId, error, numbered ? seqOfFinalError(error) : seq + 1), true)
             })
           )
         )

@@ -7,7 +7,7 @@
  * an ADMIN_TOKENS token sees everyone's (and may pass `principal=`).
  */
 import { HttpLayerRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Either, Layer, Schema } from "effect"
+import { Clock, Duration, Effect, Either, Layer, Schema } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { Ledger } from "../ledger/Ledger.js"
 import { GROUPS, type Group, type UsageQuery } from "../ledger/Usage.js"
@@ -71,6 +71,8 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
       const principal = seesEveryone ? params.right.principal : auth.principalOf(token)
       const query: UsageQuery = { from, to, groupBy, principal }
       return yield* ledger.usage(query).pipe(
+        // A database that is down or slow gets a 503, not a request that hangs.
+        Effect.timeout(Duration.seconds(10)),
         Effect.map((rows) =>
           HttpServerResponse.unsafeJson({
             from: new Date(from).toISOString(),

@@ -207,6 +207,9 @@ describe("resumable streams", () => {
       const frames = yield* client.request({ type: "resume", request_id: "back", payload: { stream_id: streamId } })
       expect(frames.at(-1)).toMatchObject({ type: "error", data: { category: "cancelled", code: "abandoned" } })
       expectConsecutive(frames)
+      // Asked for only what follows the last event: the stream's own error frame, with its own seq.
+      const tail = yield* client.request({ type: "resume", request_id: "tail", payload: { stream_id: streamId, after: seqOf(frames.at(-2)!) } })
+      expect(tail).toEqual([expect.objectContaining({ type: "error", seq: seqOf(frames.at(-1)!) })])
     }))
 
   it.scopedLive("another principal, an unknown id, and a made-up id are all not found", () =>
@@ -218,6 +221,8 @@ describe("resumable streams", () => {
       for (const [id, stream] of [["a", streamId], ["b", "x".repeat(24)], ["c", "nope"]] as const) {
         const frames = yield* theirs.request({ type: "resume", request_id: id, payload: { stream_id: stream } })
         expect(frames).toEqual([expect.objectContaining({ type: "error", data: expect.objectContaining({ category: "not_found", code: "stream_not_found" }) })])
+        // Not a frame of any stream: no seq, so a client that skips seen frames still reads it.
+        expect(frames[0]).not.toHaveProperty("seq")
       }
       const bad = yield* theirs.request({ type: "resume", request_id: "d", payload: { after: -1 } } as never)
       expect(bad[0]).toMatchObject({ type: "error", data: { category: "validation", code: "invalid_payload" } })
