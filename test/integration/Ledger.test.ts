@@ -7,11 +7,8 @@
  * nothing and the rows arrive once it is back.
  */
 import { HttpServer } from "@effect/platform"
-import { NodeSocket } from "@effect/platform-node"
-import { RpcClient, RpcSerialization } from "@effect/rpc"
 import type { SqlClient } from "@effect/sql"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { AiBaseRpcs } from "aibase"
 import { Context, Effect, Layer, Option, Schema } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -22,6 +19,7 @@ import * as Principal from "../../src/ledger/Principal.js"
 import type { ServerFrame } from "../../src/protocol/Frames.js"
 import { Behaviour, FakeOpenAIService, textChunks, toolCallChunks } from "../support/FakeOpenAI.js"
 import { type PostgresCluster, startPostgres } from "../support/Postgres.js"
+import { rpcClient } from "../support/RpcTestClient.js"
 import * as TestServer from "../support/TestServer.js"
 import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
@@ -193,16 +191,6 @@ const usage = (http: string, token: string, query: string) =>
     return decodeUsage(body)
   })
 
-const rpcClient = (url: string) =>
-  Effect.gen(function*() {
-    const protocol = yield* Layer.build(
-      RpcClient.layerProtocolSocket({ retryTransientErrors: false }).pipe(
-        Layer.provide(NodeSocket.layerWebSocket(url)),
-        Layer.provide(RpcSerialization.layerJson)
-      )
-    )
-    return yield* RpcClient.make(AiBaseRpcs, { disableTracing: true }).pipe(Effect.provide(protocol))
-  })
 
 const principalOf = Principal.make(undefined)
 

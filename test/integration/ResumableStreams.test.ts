@@ -6,10 +6,7 @@
  * another principal, a takeover, a cancel, /rpc, and a restart.
  */
 import { HttpServer } from "@effect/platform"
-import { NodeSocket } from "@effect/platform-node"
-import { RpcClient, RpcSerialization } from "@effect/rpc"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { AiBaseRpcs } from "aibase"
 import { Chunk, Context, Effect, Exit, Layer, Scope, Stream } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -17,6 +14,7 @@ import { join } from "node:path"
 import { WebSocket } from "ws"
 import type { ServerFrame } from "../../src/protocol/Frames.js"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
+import { rpcClient } from "../support/RpcTestClient.js"
 import * as TestServer from "../support/TestServer.js"
 import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
@@ -282,13 +280,7 @@ describe("resumable streams", () => {
         client.send(streamRequest("s"))
         return yield* client.waitForFrames((frames) => frames.length >= 3, { message: "three frames" })
       }))
-      const protocol = yield* Layer.build(
-        RpcClient.layerProtocolSocket({ retryTransientErrors: false }).pipe(
-          Layer.provide(NodeSocket.layerWebSocket(rpc)),
-          Layer.provide(RpcSerialization.layerJson)
-        )
-      )
-      const client = yield* RpcClient.make(AiBaseRpcs, { disableTracing: true }).pipe(Effect.provide(protocol))
+      const client = yield* rpcClient(rpc)
       const after = seqOf(seen.at(-1)!)
       const events = Chunk.toReadonlyArray(yield* Stream.runCollect(client.Resume({ stream_id: streamIdOf(seen), after })))
       expect(events.map((event) => event.seq)).toEqual(events.map((_, i) => after + 1 + i))

@@ -2,27 +2,14 @@
  * /rpc: the same requests through @effect/rpc, with typed errors, and the
  * same auth, limits, Hub accounting and cancellation as /ws.
  */
-import { NodeSocket } from "@effect/platform-node"
-import { RpcClient, RpcSerialization } from "@effect/rpc"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { AiBaseRpcs } from "aibase"
-import { Deferred, Effect, Fiber, Layer, ManagedRuntime, Stream } from "effect"
+import { Deferred, Effect, Fiber, ManagedRuntime, Stream } from "effect"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
+import { rpcClient } from "../support/RpcTestClient.js"
 import * as TestServer from "../support/TestServer.js"
 import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
 
-/** A typed client for /rpc at `url`, living as long as the current scope. */
-const rpcClient = (url: string) =>
-  Effect.gen(function*() {
-    const protocol = yield* Layer.build(
-      RpcClient.layerProtocolSocket({ retryTransientErrors: false }).pipe(
-        Layer.provide(NodeSocket.layerWebSocket(url)),
-        Layer.provide(RpcSerialization.layerJson)
-      )
-    )
-    return yield* RpcClient.make(AiBaseRpcs, { disableTracing: true }).pipe(Effect.provide(protocol))
-  })
 
 const clients = (http: string) =>
   Effect.promise(() => fetch(`${http}/health`).then((r) => r.json() as Promise<{ clients: number }>)).pipe(
