@@ -29,6 +29,12 @@ export type Control = typeof Control.Type
 
 const decodeControl = Schema.decodeUnknownOption(Schema.parseJson(Control))
 
+const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
+  const chunks: Array<ReadonlyArray<A>> = []
+  for (let i = 0; i < items.length; i += size) chunks.push(items.slice(i, i + size))
+  return chunks
+}
+
 export interface Coordination {
   /** Whether other instances can share streams (PostgreSQL). */
   readonly shared: boolean
@@ -79,10 +85,12 @@ export const make = (database: DatabaseShape): Effect.Effect<Coordination, never
         Effect.forever,
         Effect.forkScoped
       )
-    yield* listen(FRAMES, (id) => {
-      for (const watch of watches.get(id) ?? []) {
-        watch.announced = true
-        watch.wake?.()
+    yield* listen(FRAMES, (payload) => {
+      for (const id of payload.split(" ")) {
+        for (const watch of watches.get(id) ?? []) {
+          watch.announced = true
+          watch.wake?.()
+        }
       }
     })
     yield* listen(CONTROL, (payload) => {
@@ -94,8 +102,9 @@ export const make = (database: DatabaseShape): Effect.Effect<Coordination, never
 
     return {
       shared: true,
+      // Space-separated ids, as many as fit in one NOTIFY payload (under 8,000 bytes).
       announceFrames: (ids) =>
-        Effect.flatMap(channels, (pg) => Effect.forEach(ids, (id) => pg.notify(FRAMES, id), { discard: true })).pipe(
+        Effect.flatMap(channels, (pg) => Effect.forEach(chunksOf([...ids], 200), (chunk) => pg.notify(FRAMES, chunk.join(" ")), { discard: true })).pipe(
           Effect.catchAll((error) => Effect.logDebug("Could not announce stored frames", error.message))
         ),
       watchFrames: (id) =>

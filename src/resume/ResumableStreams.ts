@@ -73,6 +73,9 @@ type Frame = ChatStreamEvent & { readonly seq: number; readonly json?: string | 
 interface Attachment {
   /** Unique per attach: how instances tell attachments apart. */
   readonly token: string
+  /** Resolved when it is taken over: a producer waiting for this client's backpressure stops waiting. */
+  readonly released: Promise<void>
+  readonly release: () => void
   readonly sink: Push.Sink<ChatStreamEvent>
   /** The seq of the last frame handed to the sink. */
   cursor: number
@@ -268,6 +271,7 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
 
       const takeOver = (attachment: Attachment) => {
         attachment.takenOver = true
+        attachment.release()
         attachment.live = false
         attachment.notify?.()
       }
@@ -317,10 +321,18 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
 
       const attach = (entry: Entry, after: number): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
         Effect.suspend(() => {
+          let release = () => {}
+          const released = new Promise<void>((resolve) => {
+            release = resolve
+          })
           const me: Attachment = {
             token: newToken(),
+            released,
+            release,
             sink,
-            cursor: Math.min(after, entry.frames.length),
+            // A client that has every frame of a stream that ended well gets its end frame again:
+            // a resume always ends with the stream's final frame.
+            cursor: Math.min(after, entry.final !== undefined && entry.final.error === undefined ? entry.frames.length - 1 : entry.frames.length),
             live: false,
             takenOver: false,
             notify: undefined
@@ -345,7 +357,9 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
         const attachment = entry.attachment
         if (attachment === undefined || !attachment.live) return undefined
         attachment.cursor = frame.seq
-        return attachment.sink(frame)
+        const wait = attachment.sink(frame)
+        // A client that stops reading must not hold up whoever takes the stream over.
+        return wait === undefined ? undefined : Promise.race([wait, attachment.released])
       }
 
       const finish = (entry: Entry, row: StreamStore.StreamRow, exit: Exit.Exit<void, AiBaseError>) => {
@@ -444,8 +458,21 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
                 if (frame.event._tag === STREAM_END) return
               }
               if (me.takenOver) return yield* resumedElsewhere
-              // Stored in full: the end was not among the frames, so the stream never had one.
-              if (current.finished_at !== null) return yield* interrupted
+              if (current.finished_at !== null) {
+                // Nothing after `after`: the client has it all, so it gets the final frame again.
+                const last = cursor === after ? (yield* fromDatabase(store.frames(row.id, 0))).at(-1) : undefined
+                if (last?._tag === "event" && last.event._tag === STREAM_END) {
+                  const wait = sink(last.event)
+                  if (wait !== undefined) yield* Effect.promise(() => wait)
+                  return
+                }
+                if (last?._tag === "error") {
+                  finalSeqs.set(last.error, last.seq)
+                  return yield* Effect.fail(last.error)
+                }
+                // Stored in full, without an end: the stream never had one.
+                return yield* interrupted
+              }
               const now = Date.now()
               if (current.lease_until < now) return yield* interrupted
               yield* Effect.raceFirst(

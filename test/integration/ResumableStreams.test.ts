@@ -175,6 +175,9 @@ describe("resumable streams", () => {
       const streamId = streamIdOf(original)
       const replay = yield* client.request({ type: "resume", request_id: "again", payload: { stream_id: streamId } })
       expect(replay.map(({ request_id: _, ...frame }) => frame)).toEqual(original.map(({ request_id: _, ...frame }) => frame))
+      // A client that has it all gets the end frame again: a resume always ends with the final frame.
+      const nothingNew = yield* client.request({ type: "resume", request_id: "all-seen", payload: { stream_id: streamId, after: 999 } })
+      expect(nothingNew).toEqual([expect.objectContaining({ type: "chat_completion_stream_end", seq: seqOf(original.at(-1)!) })])
 
       let last: ReadonlyArray<ServerFrame> = []
       let attempt = 0
@@ -339,6 +342,9 @@ describe("resumable streams", () => {
       const replay = yield* Effect.scoped(Effect.flatMap(second.connect(), (client) =>
         client.request({ type: "resume", request_id: "after", payload: { stream_id: streamIdOf(original), after: 2 } })))
       expect(replay.map(({ request_id: _, ...frame }) => frame)).toEqual(original.slice(2).map(({ request_id: _, ...frame }) => frame))
+      const nothingNew = yield* Effect.scoped(Effect.flatMap(second.connect(), (client) =>
+        client.request({ type: "resume", request_id: "all-seen", payload: { stream_id: streamIdOf(original), after: 999 } })))
+      expect(nothingNew).toEqual([expect.objectContaining({ type: "chat_completion_stream_end", seq: seqOf(original.at(-1)!) })])
       yield* second.close
     }))
 })
