@@ -7,11 +7,12 @@
  */
 import { HttpServer } from "@effect/platform"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Chunk, Context, Effect, Exit, Layer, Scope, Stream } from "effect"
+import { Chunk, Context, Effect, Exit, Layer, Option, Scope, Stream } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { WebSocket } from "ws"
+import { Database } from "../../src/db/Database.js"
 import type { ServerFrame } from "../../src/protocol/Frames.js"
 import { Behaviour, FakeOpenAIService, textChunks } from "../support/FakeOpenAI.js"
 import { rpcClient } from "../support/RpcTestClient.js"
@@ -46,7 +47,8 @@ const openServer = (env: Record<string, string> = {}, file = join(folder, `strea
       fake: Context.get(context, FakeOpenAIService),
       connect: (token = TOKEN) => WsClient.connect(`ws://127.0.0.1:${port}/ws?token=${token}`),
       rpc: `ws://127.0.0.1:${port}/rpc?token=${TOKEN}`,
-      http: `http://127.0.0.1:${port}`
+      http: `http://127.0.0.1:${port}`,
+      database: Context.get(context, Database)
     }
   })
 
@@ -169,7 +171,7 @@ describe("resumable streams", () => {
 
   it.scopedLive("a stream that ended can be replayed whole within its retention, then it is not found", () =>
     Effect.gen(function*() {
-      const { connect } = yield* server({ RESUME_RETENTION_SECONDS: "2" })
+      const { connect, database } = yield* server({ RESUME_RETENTION_SECONDS: "2" })
       const client = yield* connect()
       const original = yield* client.request(streamRequest("done"))
       const streamId = streamIdOf(original)
@@ -191,6 +193,15 @@ describe("resumable streams", () => {
         { message: "the stream to expire", timeout: "10 seconds", interval: "200 millis" }
       ).pipe(Effect.tapError(() => Effect.sync(() => console.error("last answer", JSON.stringify(last).slice(0, 300)))))
       expect(last[0]).toMatchObject({ type: "error", data: { category: "not_found", code: "stream_not_found" } })
+      // The background sweep deletes it from the database too.
+      const sql = yield* Option.getOrThrow(database.client)
+      const stored = sql<{ n: number }>`SELECT COUNT(*) AS n FROM aibase_streams WHERE id = ${streamId}`.pipe(
+        Effect.map((rows) => rows[0]?.n ?? -1),
+        Effect.orDie
+      )
+      yield* Wait.waitFor(Effect.map(stored, (n) => n === 0), { message: "the sweep to delete the stream", timeout: "10 seconds" })
+      const frames = yield* sql<{ n: number }>`SELECT COUNT(*) AS n FROM aibase_stream_frames WHERE stream_id = ${streamId}`.pipe(Effect.orDie)
+      expect(frames).toEqual([{ n: 0 }])
     }))
 
   it.scopedLive("nobody back within RESUME_DETACHED_SECONDS: the upstream call is aborted, a resume gets the stored frames and the end", () =>
