@@ -18,6 +18,7 @@ export * as Logging from "./config/Logging.js"
 // services
 export { Database, DatabaseError, type DatabaseOptions, type DatabaseShape } from "./db/Database.js"
 export { Ledger, type LedgerOptions, type LedgerStats } from "./ledger/Ledger.js"
+export { ResumableStreams, type ResumableStreamsOptions } from "./resume/ResumableStreams.js"
 export { ConnectionRefused, Hub, type Membership, type Stats, type Transport } from "./hub/Hub.js"
 export * as OfflineModel from "./openai/OfflineModel.js"
 export { OpenAi } from "./openai/OpenAi.js"
