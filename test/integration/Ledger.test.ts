@@ -8,17 +8,15 @@
  */
 import { HttpServer } from "@effect/platform"
 import type { SqlClient } from "@effect/sql"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer, Option, Schema } from "effect"
-import { mkdtempSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Database } from "../../src/db/Database.js"
 import { Ledger } from "../../src/ledger/Ledger.js"
 import * as Principal from "../../src/ledger/Principal.js"
 import type { ServerFrame } from "../../src/protocol/Frames.js"
 import { Behaviour, FakeOpenAIService, textChunks, toolCallChunks } from "../support/FakeOpenAI.js"
-import { type PostgresCluster, startPostgres } from "../support/Postgres.js"
+import { useClusterAndFolder } from "../support/Postgres.js"
 import { rpcClient } from "../support/RpcTestClient.js"
 import * as TestServer from "../support/TestServer.js"
 import * as Wait from "../support/Wait.js"
@@ -28,24 +26,8 @@ const USER_TOKEN = "user-token-0123456789"
 const OTHER_TOKEN = "other-token-0123456789"
 const ADMIN_TOKEN = "admin-token-0123456789"
 
-let folder = ""
-let postgres: PostgresCluster | undefined
+const { cluster, folder } = useClusterAndFolder({ database: "ledger", folderPrefix: "aibase-ledger-" })
 let files = 0
-
-beforeAll(async () => {
-  folder = mkdtempSync(join(tmpdir(), "aibase-ledger-"))
-  postgres = await startPostgres({ database: "ledger" })
-}, 60_000)
-
-afterAll(async () => {
-  await postgres?.destroy()
-  rmSync(folder, { recursive: true, force: true })
-})
-
-const cluster = (): PostgresCluster => {
-  if (postgres === undefined) throw new Error("PostgreSQL did not start")
-  return postgres
-}
 
 interface Dialect {
   readonly name: string
@@ -56,7 +38,7 @@ interface Dialect {
 const dialects: ReadonlyArray<Dialect> = [
   {
     name: "SQLite",
-    env: () => Effect.sync(() => ({ DB_TYPE: "sqlite", DB_NAME: join(folder, `ledger-${++files}`, "aibase.db") }))
+    env: () => Effect.sync(() => ({ DB_TYPE: "sqlite", DB_NAME: join(folder(), `ledger-${++files}`, "aibase.db") }))
   },
   {
     name: "PostgreSQL",

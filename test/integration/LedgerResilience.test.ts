@@ -9,38 +9,20 @@
 import { HttpServer } from "@effect/platform"
 import type { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer, Option, Redacted, Schema, Scope, Exit } from "effect"
-import { mkdtempSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Database } from "../../src/db/Database.js"
 import { Ledger } from "../../src/ledger/Ledger.js"
 import { FakeOpenAIService } from "../support/FakeOpenAI.js"
 import { freePort } from "../support/Ports.js"
-import { type PostgresCluster, startPostgres } from "../support/Postgres.js"
+import { useClusterAndFolder } from "../support/Postgres.js"
 import * as ServerProcess from "../support/ServerProcess.js"
 import * as TestServer from "../support/TestServer.js"
 import * as Wait from "../support/Wait.js"
 import * as WsClient from "../support/WsClient.js"
 
-let folder = ""
-let postgres: PostgresCluster | undefined
-
-beforeAll(async () => {
-  folder = mkdtempSync(join(tmpdir(), "aibase-ledger-resilience-"))
-  postgres = await startPostgres({ database: "resilience" })
-}, 60_000)
-
-afterAll(async () => {
-  await postgres?.destroy()
-  rmSync(folder, { recursive: true, force: true })
-})
-
-const cluster = (): PostgresCluster => {
-  if (postgres === undefined) throw new Error("PostgreSQL did not start")
-  return postgres
-}
+const { cluster, folder } = useClusterAndFolder({ database: "resilience", folderPrefix: "aibase-ledger-resilience-" })
 
 /** The cluster running, whatever an earlier test left it in. */
 const running = Effect.promise(async () => {
@@ -211,7 +193,7 @@ describe("the database at startup and across restarts", () => {
 
   it.live("a SQLite database keeps its rows across a restart; /info names the type, never credentials", () =>
     Effect.gen(function*() {
-      const file = join(folder, "restart", "aibase.db")
+      const file = join(folder(), "restart", "aibase.db")
       const env = { DB_TYPE: "sqlite", DB_NAME: file }
       const first = yield* openServer(env)
       const client = yield* Effect.scoped(Effect.gen(function*() {
@@ -245,7 +227,7 @@ describe("the database at startup and across restarts", () => {
   it.live("STORE_CONTENT=true keeps the messages and the final content; by default neither is stored", () =>
     Effect.gen(function*() {
       for (const store of [true, false]) {
-        const server = yield* openServer({ DB_TYPE: "sqlite", DB_NAME: join(folder, `content-${store}.db`), STORE_CONTENT: String(store) })
+        const server = yield* openServer({ DB_TYPE: "sqlite", DB_NAME: join(folder(), `content-${store}.db`), STORE_CONTENT: String(store) })
         yield* Effect.scoped(Effect.gen(function*() {
           const client = yield* WsClient.connect(server.ws)
           yield* client.request(chat("keep", "a private question"))

@@ -13,11 +13,12 @@
  * error). `.ci/run` installs Debian's postgresql on a fresh machine.
  */
 import { execFile } from "node:child_process"
-import { accessSync, constants, existsSync, readdirSync, readFileSync, realpathSync, rmSync } from "node:fs"
+import { accessSync, constants, existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from "node:fs"
 import { chown, mkdtemp, readFile, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { delimiter, dirname, join } from "node:path"
 import { promisify } from "node:util"
+import { afterAll, beforeAll } from "@effect/vitest"
 import { Effect, type Scope } from "effect"
 import { freePort } from "./Ports.js"
 
@@ -338,3 +339,31 @@ export const cluster = (options?: StartPostgresOptions): Effect.Effect<PostgresC
     Effect.promise(() => startPostgres(options)),
     (c) => Effect.promise(() => c.destroy())
   )
+
+/**
+ * A cluster and a temporary folder for the tests of one file: started
+ * before them, removed after them. `cluster()` and `folder()` are for use
+ * inside tests.
+ */
+export const useClusterAndFolder = (options: { readonly database: string; readonly folderPrefix: string }) => {
+  let folder: string | undefined
+  let postgres: PostgresCluster | undefined
+  beforeAll(async () => {
+    folder = mkdtempSync(join(tmpdir(), options.folderPrefix))
+    postgres = await startPostgres({ database: options.database })
+  }, 60_000)
+  afterAll(async () => {
+    await postgres?.destroy()
+    if (folder !== undefined) rmSync(folder, { recursive: true, force: true })
+  })
+  return {
+    cluster: (): PostgresCluster => {
+      if (postgres === undefined) throw new Error("PostgreSQL did not start")
+      return postgres
+    },
+    folder: (): string => {
+      if (folder === undefined) throw new Error("the temporary folder was not made")
+      return folder
+    }
+  }
+}
