@@ -14,11 +14,12 @@
  *   npm run bench -- --aibase-http fetch  # which floor AIBase's embeddings are held against
  *   npm run bench -- --only ledger      # AIBase with the request ledger on (SQLite) beside DB_TYPE=none
  *   npm run bench -- --only resumable   # resumable streams ("resumable": true) beside plain ones, on AIBase
+ *   npm run bench -- --only metrics     # AIBase with its metrics on (the default) beside METRICS_ENABLED=false
  *   npm run bench -- --aibase-node-arg=--cpu-prof --aibase-node-arg=--cpu-prof-dir=/tmp/prof  # node flags for AIBase
  *
- * Scenarios: streams-1, streams-50, streams-200, ledger, resumable, embeddings,
- * pings, memory, disconnect, scale-streams, scale-idle (`--only streams` or
- * `--only scale` selects a family).
+ * Scenarios: streams-1, streams-50, streams-200, ledger, resumable, metrics,
+ * embeddings, pings, memory, disconnect, scale-streams, scale-idle (`--only
+ * streams` or `--only scale` selects a family).
  *
  * Processes (children, all on 127.0.0.1): the fake upstream
  * (bench/FakeUpstream.ts), the floor on node:http, the floor on fetch (for
@@ -26,7 +27,9 @@
  * processes of the floor and AIBase; the ledger scenario runs two more AIBase
  * processes, one with the ledger on and one with DB_TYPE=none; the resumable
  * scenario two more identical AIBase processes (the default database), one
- * sent plain streams and one resumable ones. This process
+ * sent plain streams and one resumable ones; the metrics scenario two more
+ * AIBase processes (the default database), identical but for
+ * METRICS_ENABLED (true on one, false on the other). This process
  * is the client. Every wait has a deadline, every loop a bound, and a failing
  * request is counted.
  *
@@ -67,6 +70,7 @@ const SCENARIOS = [
   "streams-200",
   "ledger",
   "resumable",
+  "metrics",
   "embeddings",
   "pings",
   "memory",
@@ -165,7 +169,7 @@ const profile = args.quick
   ? {
     reps: args.reps ?? 2,
     rounds: { 1: 10, 50: 2, 200: 1 } as Record<number, number>,
-    /** Rounds of 50 streams per side and repetition in the ledger and resumable scenarios (more than streams-50: their targets are tight). */
+    /** Rounds of 50 streams per side and repetition in the ledger, resumable and metrics scenarios (more than streams-50: their targets are tight). */
     ledgerRounds: 10,
     /** Per side and repetition: at most this many requests, sent for at most this long. */
     embeddings: { count: 2_000, budgetMs: 3_000 },
@@ -231,7 +235,13 @@ type LedgerSide = "ledgerOn" | "ledgerOff"
  * (so the frames the resumable one keeps in memory do not weigh on the plain side).
  */
 type ResumeSide = "resumePlain" | "resumeOn"
-type Server = Side | "floorFetch" | LedgerSide | ResumeSide
+/**
+ * The metrics scenario's two AIBase processes, identical (the default
+ * database, as "aibase") but for METRICS_ENABLED: "true" (the default) on
+ * one, "false" (no metric updated) on the other.
+ */
+type MetricsSide = "metricsOn" | "metricsOff"
+type Server = Side | "floorFetch" | LedgerSide | ResumeSide | MetricsSide
 
 const notes: Array<string> = []
 const note = (text: string) => {
@@ -303,7 +313,8 @@ const databaseDescription = userDatabase
   ? `DB_TYPE=${args.aibaseEnv["DB_TYPE"] ?? "sqlite (default)"}${args.aibaseEnv["DB_NAME"] === undefined ? "" : ` DB_NAME=${args.aibaseEnv["DB_NAME"]}`} (--aibase-env)`
   : "DB_TYPE=sqlite, a fresh temporary file per process (the ledger on, as `npm start` runs)"
 
-const startAibase = async (ledger: "default" | "on" | "off", name?: string): Promise<Proc> => {
+/** `env` is applied last, over --aibase-env (a scenario's own choice, such as METRICS_ENABLED). */
+const startAibase = async (ledger: "default" | "on" | "off", name?: string, env: Record<string, string> = {}): Promise<Proc> => {
   const port = await freePort()
   const temporary = ledger === "on" ||
     (ledger === "default" && (args.aibaseEnv["DB_TYPE"] ?? "sqlite") === "sqlite" && args.aibaseEnv["DB_NAME"] === undefined)
@@ -334,7 +345,8 @@ const startAibase = async (ledger: "default" | "on" | "off", name?: string): Pro
         SERVER_HOST: "127.0.0.1",
         SERVER_PORT: String(port),
         // The default database first, so that --aibase-env overrides it; the ledger scenario's choice last.
-        ...(ledger === "default" ? { ...database, ...args.aibaseEnv } : { ...args.aibaseEnv, ...database })
+        ...(ledger === "default" ? { ...database, ...args.aibaseEnv } : { ...args.aibaseEnv, ...database }),
+        ...env
       }
     })
     if (file !== undefined) databaseFiles.set(proc, file)
@@ -351,6 +363,8 @@ const startServer = async (server: Server): Promise<Proc> => {
   if (server === "ledgerOff") return startAibase("off")
   if (server === "resumePlain") return startAibase("default", "AIBase (plain streams)")
   if (server === "resumeOn") return startAibase("default", "AIBase (resumable streams)")
+  if (server === "metricsOn") return startAibase("default", "AIBase (metrics on)", { METRICS_ENABLED: "true" })
+  if (server === "metricsOff") return startAibase("default", "AIBase (metrics off)", { METRICS_ENABLED: "false" })
   return spawnNode({
     name: server === "floor" ? "floor (node:http)" : "floor (fetch)",
     script: "bench/FloorProxy.ts",
@@ -427,7 +441,7 @@ const rows: Array<Row> = []
 
 /**
  * The rows the scenarios that compare AIBase with itself share (ledger
- * off/on, plain/resumable): CPU per chunk against its target, chunks per
+ * off/on, plain/resumable, metrics off/on): CPU per chunk against its target, chunks per
  * second, time to first token, failed streams. `before` is the floor column.
  */
 const selfComparison = (
@@ -965,6 +979,132 @@ const resumableScenario = async () => {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Metrics: AIBase with its metrics on (the default) beside METRICS_ENABLED=false
+// ---------------------------------------------------------------------------
+
+const METRICS_CLIENTS = 50
+const REQUESTS_TOTAL = "aibase_requests_total"
+
+interface RequestsTotal {
+  /** Whether the name appears at all (a sample, or only its HELP/TYPE lines). */
+  readonly mentioned: boolean
+  /** Its samples (one per label set) with a value. */
+  readonly samples: ReadonlyArray<{ readonly labels: string; readonly value: number }>
+}
+
+/** The aibase_requests_total samples in a server's GET /metrics (no token: the bench sets no AUTH_TOKENS). */
+const requestsTotal = async (proc: Proc): Promise<RequestsTotal> => {
+  const response = await httpGet(proc.port, "/metrics", 10_000)
+  if (response.status !== 200) throw new Error(`GET /metrics answered ${response.status}: ${response.body.slice(0, 200)}`)
+  const sample = new RegExp(`^${REQUESTS_TOTAL}(\\{[^}]*\\})?[ \\t]+(\\S+)`)
+  const samples = response.body.split("\n").flatMap((line) => {
+    const found = sample.exec(line)
+    return found === null ? [] : [{ labels: found[1] ?? "", value: Number(found[2]) }]
+  })
+  return { mentioned: response.body.includes(REQUESTS_TOTAL), samples }
+}
+
+/** The finished streams an aibase_requests_total scrape counts (every status). */
+const streamsCounted = (total: RequestsTotal) =>
+  total.samples.filter((s) => s.labels.includes(`type="chat_completion_stream"`)).reduce((n, s) => n + s.value, 0)
+
+const metricsScenario = async () => {
+  const clients = METRICS_CLIENTS
+  const rounds = profile.ledgerRounds
+  const label: Record<MetricsSide, string> = { metricsOn: "on", metricsOff: "off" }
+  log(
+    `metrics: ${clients} clients × ${rounds} round(s) × ${profile.reps} repetition(s) on AIBase with its metrics on (the default) and METRICS_ENABLED=false; database: ${databaseDescription}`
+  )
+  if (args.aibaseEnv["METRICS_ENABLED"] !== undefined) note("metrics: --aibase-env's METRICS_ENABLED does not apply here; it compares true with false")
+  const reps: Record<MetricsSide, Array<StreamRep | undefined>> = { metricsOn: [], metricsOff: [] }
+  for (let rep = 0; rep < profile.reps; rep++) {
+    for (const side of rotate<MetricsSide>(["metricsOn", "metricsOff"], rep)) {
+      const result = await attempt(
+        `metrics ${label[side]}`,
+        // Both sides record into their ledger (the default database): the same settling time as the ledger's.
+        () => measureStreams(side, clients, rounds, `m${rep}`, { settleMs: LEDGER_SETTLE_MS })
+      )
+      reps[side].push(result)
+      if (result !== undefined) {
+        log(
+          `  metrics ${label[side].padEnd(3)} rep ${rep + 1}: ${fmt(result.cpuMicrosPerChunk, 2)} µs CPU/chunk, ${
+            fmt(result.chunksPerSecond, 0)
+          } chunks/s, TTFT p50 ${fmt(result.ttftP50, 1)} ms, ${result.failed} failed`
+        )
+        if (result.errors.length > 0) log(`    errors: ${result.errors.join("; ")}`)
+      }
+    }
+  }
+  const m = (side: MetricsSide, pick: (r: StreamRep) => number) =>
+    median(reps[side].map((r) => (r === undefined ? Number.NaN : pick(r))))
+  const sum = (side: MetricsSide, pick: (r: StreamRep) => number) =>
+    reps[side].reduce((total, r) => total + (r === undefined ? rounds * clients : pick(r)), 0)
+
+  // Once per run, while both still serve: the "on" side exposes aibase_requests_total, the "off" side no sample of it.
+  const sent = recordedSent.get("metricsOn") ?? 0
+  const scraped: Partial<Record<MetricsSide, RequestsTotal>> = {}
+  for (const side of ["metricsOn", "metricsOff"] as const) {
+    const proc = hot.get(side)
+    if (proc === undefined || !proc.alive()) {
+      note(`metrics ${label[side]}: the server was not running at the end of the scenario; GET /metrics not checked`)
+      continue
+    }
+    const found = await attempt(`metrics ${label[side]}: GET /metrics`, () => requestsTotal(proc))
+    if (found === undefined) continue
+    scraped[side] = found
+    log(
+      `  metrics ${label[side].padEnd(3)}: GET /metrics ${found.mentioned ? "mentions" : "does not mention"} ${REQUESTS_TOTAL}, ${found.samples.length} sample(s), ${
+        fmt(streamsCounted(found), 0)
+      } chat_completion_stream request(s) counted`
+    )
+  }
+  const on = scraped.metricsOn
+  const off = scraped.metricsOff
+  if (on !== undefined && !on.mentioned) note(`metrics on: GET /metrics does not contain ${REQUESTS_TOTAL}`)
+  if (on !== undefined && on.mentioned && streamsCounted(on) < sent) {
+    note(`metrics on: ${sent} streams were sent (warm-up included) but ${REQUESTS_TOTAL} counts ${streamsCounted(on)} chat_completion_stream requests`)
+  }
+  if (off !== undefined && off.samples.length > 0) {
+    note(`metrics off: GET /metrics (METRICS_ENABLED=false) holds ${off.samples.length} ${REQUESTS_TOTAL} sample(s), e.g. ${REQUESTS_TOTAL}${off.samples[0]?.labels ?? ""} ${off.samples[0]?.value ?? ""}`)
+  }
+  for (const side of ["metricsOn", "metricsOff"] as const) {
+    const proc = hot.get(side)
+    if (proc === undefined) continue
+    hot.delete(side)
+    await discard(proc)
+  }
+
+  const streams = `${clients} streams`
+  const countText = (t: RequestsTotal | undefined) =>
+    t === undefined ? "n/a" : t.samples.length === 0 ? (t.mentioned ? "no sample" : "absent") : fmt(streamsCounted(t), 0)
+  rows.push(
+    ...selfComparison("metrics", streams, 1.05, (pick) => m("metricsOff", pick), (pick) => m("metricsOn", pick), {
+      before: sum("metricsOff", (r) => r.failed),
+      after: sum("metricsOn", (r) => r.failed),
+      of: profile.reps * rounds * clients
+    }),
+    {
+      scenario: "metrics",
+      metric: `${REQUESTS_TOTAL} streams in GET /metrics (of ${sent} streams sent to the "on" side, warm-up included)`,
+      floor: off === undefined ? Number.NaN : off.samples.length,
+      aibase: on === undefined ? Number.NaN : streamsCounted(on),
+      decimals: 0,
+      ratio: false,
+      text: { floor: countText(off), aibase: countText(on) },
+      target: { label: `${sent} (off: no sample)`, pass: (f, a) => f === 0 && a >= sent && sent > 0 && on?.mentioned === true }
+    }
+  )
+  raw["metrics"] = {
+    clients,
+    rounds,
+    settleMs: LEDGER_SETTLE_MS,
+    reps: { on: reps.metricsOn, off: reps.metricsOff },
+    streamsSentToOn: sent,
+    requestsTotal: { on: on ?? null, off: off ?? null }
+  }
+}
+
 interface WindowRep {
   readonly perSecond: number
   readonly cpuMicrosPerRequest: number
@@ -1406,10 +1546,11 @@ const scaleIdleScenario = async () => {
 /** The long-lived servers the selected scenarios use. */
 const hotServers = (scenarios: ReadonlyArray<Scenario>): Array<Server> => {
   const servers: Array<Server> = []
-  if (scenarios.some((s) => s !== "memory" && s !== "ledger" && s !== "resumable")) servers.push("floor", "aibase")
+  if (scenarios.some((s) => s !== "memory" && s !== "ledger" && s !== "resumable" && s !== "metrics")) servers.push("floor", "aibase")
   if (scenarios.includes("embeddings")) servers.push("floorFetch")
   if (scenarios.includes("ledger")) servers.push("ledgerOn", "ledgerOff")
   if (scenarios.includes("resumable")) servers.push("resumePlain", "resumeOn")
+  if (scenarios.includes("metrics")) servers.push("metricsOn", "metricsOff")
   return servers
 }
 
@@ -1417,8 +1558,9 @@ const warmUp = async (servers: ReadonlyArray<Server>) => {
   for (const server of servers) {
     await attempt(`warm-up ${server}`, async () => {
       const proc = await serverFor(server)
-      // The ledger's and the resumable scenario's two sides each.
-      const paired = server === "ledgerOn" || server === "ledgerOff" || server === "resumePlain" || server === "resumeOn"
+      // The ledger's, the resumable and the metrics scenario's two sides each.
+      const paired = server === "ledgerOn" || server === "ledgerOff" || server === "resumePlain" || server === "resumeOn" ||
+        server === "metricsOn" || server === "metricsOff"
       const resumable = server === "resumeOn"
       const opened = await openMany(wsUrl(proc), paired ? LEDGER_CLIENTS : 20)
       try {
@@ -1487,6 +1629,9 @@ const main = async () => {
         case "resumable":
           await resumableScenario()
           break
+        case "metrics":
+          await metricsScenario()
+          break
         case "embeddings":
           await embeddingsScenario()
           break
@@ -1523,6 +1668,9 @@ const main = async () => {
       : "") +
     (rows.some((row) => row.scenario === "resumable")
       ? "In the resumable rows both columns are AIBase (two identical processes): the floor column sent plain streams, the AIBase column resumable ones; ratio = resumable / plain. "
+      : "") +
+    (rows.some((row) => row.scenario === "metrics")
+      ? "In the metrics rows both columns are AIBase: the floor column with METRICS_ENABLED=false, the AIBase column with the metrics on (the default); ratio = on / off. "
       : "") +
     `${availableParallelism()} CPUs, load average ${loadavg().map((l) => l.toFixed(2)).join(" ")}; wall time ${wallSeconds.toFixed(0)} s.`
   console.log(`\n${header}\n\n${table()}\n`)

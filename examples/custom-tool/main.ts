@@ -97,6 +97,8 @@ const App = AiBaseServer.withGracefulShutdown(
 ).pipe(
   Layer.merge(ListenLog),
   Layer.provideMerge(HttpServerLive),
+  // Metrics (/metrics), the request log and, with OTEL_EXPORTER_OTLP_ENDPOINT, traces.
+  Layer.provide(AiBaseServer.layerObservability),
   Layer.provide(Services),
   Layer.provide(Logging.layer),
   Layer.provide(AppConfig.layer),

@@ -83,6 +83,8 @@ const config = Config.all({
     Config.withDefault(Redacted.make("")),
     Config.map((tokens) => commaList(Redacted.value(tokens)).map(Redacted.make))
   ),
+  /** /metrics answers without a token even when AUTH_TOKENS are set (for a scraper inside the network). */
+  metricsPublic: Config.boolean("METRICS_PUBLIC").pipe(Config.withDefault(false)),
   /** The key of the principal ids in the ledger (see ledger/Principal). */
   principalSecret: Config.option(Config.redacted("PRINCIPAL_SECRET")).pipe(
     Config.map(Option.filter((secret) => Redacted.value(secret).length > 0))

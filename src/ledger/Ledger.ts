@@ -24,7 +24,7 @@ import { randomBytes, randomUUID } from "node:crypto"
 import * as BatchWriter from "../db/BatchWriter.js"
 import { Database } from "../db/Database.js"
 import type { AiBaseRpc } from "../protocol/Rpcs.js"
-import { type Caller, outcomeOf, RequestRecord } from "./RequestRecord.js"
+import { type Caller, RequestRecord } from "./RequestRecord.js"
 import * as Usage from "./Usage.js"
 
 export interface LedgerOptions {
@@ -137,8 +137,9 @@ export class Ledger extends Context.Tag("aibase/Ledger")<Ledger, LedgerShape>() 
 export const INSTANCE = randomBytes(6).toString("base64url")
 
 const rowOf = (record: RequestRecord, exit: Exit.Exit<unknown, unknown>): Row => {
-  const outcome = outcomeOf(exit)
-  const now = performance.now()
+  const outcome = record.finish(exit)
+  const duration = record.durationMs
+  const ttft = record.timeToFirstTokenMs
   return {
     id: randomUUID(),
     request_id: record.requestId,
@@ -153,12 +154,12 @@ const rowOf = (record: RequestRecord, exit: Exit.Exit<unknown, unknown>): Row =>
     input_tokens: record.inputTokens,
     output_tokens: record.outputTokens,
     total_tokens: record.totalTokens,
-    ttft_ms: record.firstTokenAt === undefined ? null : roundMs(record.firstTokenAt - record.startedHr),
-    duration_ms: roundMs(now - record.startedHr),
+    ttft_ms: ttft === null ? null : roundMs(ttft),
+    duration_ms: roundMs(duration),
     tool_rounds: record.toolRounds,
     tools_called: record.toolsCalled.length === 0 ? null : JSON.stringify(record.toolsCalled),
     started_at: record.startedAt,
-    finished_at: record.startedAt + Math.round(now - record.startedHr),
+    finished_at: record.startedAt + Math.round(duration),
     content: record.content === undefined ? null : JSON.stringify(record.content)
   }
 }

@@ -29,8 +29,43 @@ interface Usage {
   readonly total_tokens?: number | undefined
 }
 
+/**
+ * One call to the model provider within a request (a tool loop makes several),
+ * kept for the request's trace (see observability/Tracing).
+ */
+export interface UpstreamCall {
+  readonly model: string
+  /** `performance.now()` when it started and ended. */
+  readonly startHr: number
+  readonly endHr: number
+  /** The error code when it failed (e.g. `cancelled` when interrupted); null when ok. */
+  readonly error: string | null
+  readonly responseModel: string | null
+  readonly inputTokens: number | null
+  readonly outputTokens: number | null
+  readonly finishReason: string | null
+}
+
+/** One tool execution within a request (the loop's, or a direct `tool_execute`). */
+export interface ToolCallRecord {
+  readonly name: string
+  readonly callId: string | null
+  readonly startHr: number
+  readonly endHr: number
+  /** `tool_error` when the tool answered with an error, the error code when interrupted; null when ok. */
+  readonly error: string | null
+}
+
 /** The caller of a request made in-process, without a transport. */
 export const inProcess: Caller = { transport: "in_process", connectionId: null, principal: "anonymous" }
+
+/** The GenAI operation (semantic conventions' `gen_ai.operation.name`) of each recorded request type. */
+const OPERATIONS: Readonly<Record<string, string>> = {
+  chat_completion: "chat",
+  chat_completion_stream: "chat",
+  embedding: "embeddings",
+  tool_execute: "execute_tool"
+}
 
 export class RequestRecord {
   modelRequested: string | null = null
@@ -49,6 +84,18 @@ export class RequestRecord {
   finishedBy: "request" | "stream" = "request"
   /** The request's messages (or input) and final content; set only when content is stored. */
   content: { request?: unknown; response?: unknown } | undefined = undefined
+  /** How the request ended; set once by `finish`. */
+  outcome: Outcome | undefined = undefined
+  /** `performance.now()` when it ended. */
+  finishedHr = 0
+  /** Who served it (`openai`, `offline`); null when no model was asked. */
+  provider: string | null = null
+  /** Why the model stopped, per choice of the final response. */
+  finishReasons: ReadonlyArray<string> = []
+  /** The model calls it made, in order of their end. */
+  readonly upstreamCalls: Array<UpstreamCall> = []
+  /** The tools it ran, in order of their end. */
+  readonly toolCalls: Array<ToolCallRecord> = []
 
   constructor(
     /** The client's request id (its `request_id` on /ws, the RPC request id on /rpc). */
@@ -63,6 +110,30 @@ export class RequestRecord {
     /** `performance.now()` at the start, for durations. */
     readonly startedHr: number = performance.now()
   ) {}
+
+  /** `chat`, `embeddings` or `execute_tool`. */
+  get operation(): string {
+    return OPERATIONS[this.type] ?? this.type
+  }
+
+  /** Ends the record with its request's exit (once: later calls keep the first outcome). */
+  finish(exit: Exit.Exit<unknown, unknown>): Outcome {
+    if (this.outcome === undefined) {
+      this.outcome = outcomeOf(exit)
+      this.finishedHr = performance.now()
+    }
+    return this.outcome
+  }
+
+  /** Milliseconds from the start to the end (or to now, while running). */
+  get durationMs(): number {
+    return (this.outcome === undefined ? performance.now() : this.finishedHr) - this.startedHr
+  }
+
+  /** Milliseconds from the start to the first token; null if none came (or the request does not stream). */
+  get timeToFirstTokenMs(): number | null {
+    return this.firstTokenAt === undefined ? null : this.firstTokenAt - this.startedHr
+  }
 
   /** The model asked for (after defaults), and the request's content when it is kept. */
   requested(model: string, content: unknown): void {
@@ -86,6 +157,8 @@ export class RequestRecord {
       }
       case "chat_completion_stream_end": {
         const end = event.data
+        // The end event carries the final reason (the last round's, or the loop's own): no per-chunk check needed.
+        if (end.finish_reason !== null) this.finishReasons = [end.finish_reason]
         this.addUsage(end.usage)
         this.addRounds(end.tool_rounds)
         if (this.storeContent) this.content = { ...this.content, response: end.content }
@@ -99,6 +172,9 @@ export class RequestRecord {
   /** Reads a whole completion. */
   onCompletion(response: ChatCompletionResponse): void {
     this.modelAnswered = response.model
+    const reasons: Array<string> = []
+    for (const choice of response.choices) if (choice.finish_reason !== null) reasons.push(choice.finish_reason)
+    this.finishReasons = reasons
     this.addUsage(response.usage)
     this.addRounds(response.tool_rounds)
     if (this.storeContent) this.content = { ...this.content, response: response.choices[0]?.message.content ?? null }
@@ -109,6 +185,16 @@ export class RequestRecord {
     this.modelAnswered = response.model
     this.inputTokens = response.usage.prompt_tokens
     this.totalTokens = response.usage.total_tokens
+  }
+
+  /** Notes a finished model call (once per call, never per chunk). */
+  addUpstreamCall(call: UpstreamCall): void {
+    this.upstreamCalls.push(call)
+  }
+
+  /** Notes a finished tool execution. */
+  addToolCall(call: ToolCallRecord): void {
+    this.toolCalls.push(call)
   }
 
   private addRounds(rounds: ReadonlyArray<ToolRound> | undefined): void {

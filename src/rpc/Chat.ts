@@ -4,8 +4,9 @@
  * `auto_execute_tools`, the server-side tool loop (call the model, run the
  * registry's tools, call it again) for both whole and streamed completions.
  */
-import { Context, Effect, Layer, Option, Stream } from "effect"
+import { Context, Effect, Exit, FiberRef, Layer, Option, Stream } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
+import * as RequestRecord from "../ledger/RequestRecord.js"
 import { OpenAi, pushChatCompletion } from "../openai/OpenAi.js"
 import {
   type AssistantMessage,
@@ -20,7 +21,7 @@ import {
 } from "../protocol/Chat.js"
 import { type AiBaseError, ValidationError } from "../protocol/Errors.js"
 import type { ChatStreamEvent } from "../protocol/Rpcs.js"
-import type { FunctionTool, ToolCall, ToolExecution, ToolRound } from "../protocol/Tools.js"
+import type { FunctionTool, ToolCall, ToolExecution, ToolResult, ToolRound } from "../protocol/Tools.js"
 import * as Push from "../stream/Push.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
 import { addUsage, StreamAccumulator } from "./StreamAccumulator.js"
@@ -90,23 +91,42 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
       )
 
     /** Runs a round's calls side by side (parallel calls are independent), keeping their order. */
-    const execute = (calls: ReadonlyArray<ToolCall>) =>
+    const execute = (calls: ReadonlyArray<ToolCall>, record: RequestRecord.RequestRecord | undefined) =>
       Effect.forEach(
         calls,
-        (call) => registry.execute(call).pipe(Effect.map((result): ToolExecution => ({ tool_call: call, result }))),
+        (call) =>
+          recordToolCall(record, call, registry.execute(call)).pipe(
+            Effect.map((result): ToolExecution => ({ tool_call: call, result }))
+          ),
         { concurrency: TOOL_CONCURRENCY }
       )
 
+    /** One model call, noted in the request's record (when it has one). */
+    const createChatCompletion = (upstream: UpstreamChatRequest, record: RequestRecord.RequestRecord | undefined) =>
+      recordUpstreamCall(
+        record,
+        upstream.model,
+        openai.createChatCompletion(upstream),
+        (completion) => chatSummary(completion.model, completion.usage, completion.choices[0]?.finish_reason ?? null)
+      )
+
+    /** The request's record, once per request; the provider is noted in it here, where it is known. */
+    const currentRecord = Effect.map(FiberRef.get(RequestRecord.current), (record) => {
+      if (record !== undefined) record.provider = openai.provider
+      return record
+    })
+
     const complete = (request: ChatCompletionRequest) =>
       Effect.gen(function*() {
+        const record = yield* currentRecord
         let upstream = yield* resolve(request)
-        if (request.auto_execute_tools !== true) return yield* openai.createChatCompletion(upstream)
+        if (request.auto_execute_tools !== true) return yield* createChatCompletion(upstream, record)
 
         const maxRounds = request.max_tool_rounds ?? DEFAULT_MAX_TOOL_ROUNDS
         const rounds: Array<ToolRound> = []
         let usage: Usage | undefined = undefined
         while (true) {
-          const completion = yield* openai.createChatCompletion(upstream)
+          const completion = yield* createChatCompletion(upstream, record)
           usage = addUsage(usage, completion.usage ?? undefined)
           const choice = completion.choices[0]
           const calls = choice?.message.tool_calls ?? []
@@ -118,7 +138,7 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
           })
           if (choice === undefined || !(yield* runnable(calls))) return done()
           if (rounds.length >= maxRounds) return done(TOOL_ROUNDS_EXHAUSTED)
-          const executions = yield* execute(calls)
+          const executions = yield* execute(calls, record)
           rounds.push({ round: rounds.length + 1, executions })
           upstream = continueWith(upstream, choice.message.content, calls, executions)
         }
@@ -133,6 +153,7 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
      */
     const push = (request: ChatCompletionRequest): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
       Effect.gen(function*() {
+        const record = yield* currentRecord
         let upstream = yield* resolve(request)
         const auto = request.auto_execute_tools === true
         const maxRounds = request.max_tool_rounds ?? DEFAULT_MAX_TOOL_ROUNDS
@@ -140,11 +161,16 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
         let usage: Usage | undefined = undefined
         while (true) {
           const accumulator = new StreamAccumulator()
-          yield* pushChatCompletion(openai, upstream)((chunk) => {
-            accumulator.add(chunk)
-            return sink({ _tag: "chat_completion_stream_chunk", data: chunk })
-          })
-          const assembled = accumulator.result()
+          const assembled = yield* recordUpstreamCall(
+            record,
+            upstream.model,
+            pushChatCompletion(openai, upstream)((chunk) => {
+              accumulator.add(chunk)
+              return sink({ _tag: "chat_completion_stream_chunk", data: chunk })
+            }).pipe(Effect.map(() => accumulator.result())),
+            // The chunks name the model; the request's record has it (see RequestRecord.onStreamEvent).
+            (assembled) => chatSummary(null, assembled.usage, assembled.finishReason)
+          )
           usage = addUsage(usage, assembled.usage)
           const end = (finishReason: string | null): ChatStreamEvent => ({
             _tag: "chat_completion_stream_end",
@@ -158,7 +184,7 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
           })
           if (!auto || !(yield* runnable(assembled.toolCalls))) return yield* awaitSink(sink(end(assembled.finishReason)))
           if (rounds.length >= maxRounds) return yield* awaitSink(sink(end(TOOL_ROUNDS_EXHAUSTED)))
-          const executions = yield* execute(assembled.toolCalls)
+          const executions = yield* execute(assembled.toolCalls, record)
           for (const execution of executions) yield* awaitSink(sink({ _tag: "tool_execution", data: execution }))
           rounds.push({ round: rounds.length + 1, executions })
           upstream = continueWith(upstream, assembled.content || null, assembled.toolCalls, executions)
@@ -173,6 +199,75 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
 
   static readonly layer: Layer.Layer<Chat, never, AppConfig | OpenAi | ToolRegistry> = Layer.effect(Chat, Chat.make)
 }
+
+/** What a successful model call tells about itself. */
+interface CallSummary {
+  readonly responseModel: string | null
+  readonly inputTokens: number | null
+  readonly outputTokens: number | null
+  readonly finishReason: string | null
+}
+
+/** A chat call's summary from its usage (absent when the provider sent none). */
+const chatSummary = (responseModel: string | null, usage: Usage | null | undefined, finishReason: string | null): CallSummary => ({
+  responseModel,
+  inputTokens: usage?.prompt_tokens ?? null,
+  outputTokens: usage?.completion_tokens ?? null,
+  finishReason
+})
+
+/** The error code of a failed call (`cancelled`, `client_disconnected`... when interrupted), or null. */
+const errorOf = (exit: Exit.Exit<unknown, unknown>): string | null =>
+  Exit.isSuccess(exit) ? null : RequestRecord.outcomeOf(exit).code
+
+/**
+ * Notes a model call in the record when it ends, however it ends (also when
+ * interrupted): once per call, nothing per chunk, nothing without a record.
+ */
+export const recordUpstreamCall = <A, E, R>(
+  record: RequestRecord.RequestRecord | undefined,
+  model: string,
+  call: Effect.Effect<A, E, R>,
+  summary: (value: A) => CallSummary
+): Effect.Effect<A, E, R> =>
+  record === undefined ? call : Effect.suspend(() => {
+    const startHr = performance.now()
+    return Effect.onExit(call, (exit) =>
+      Effect.sync(() => {
+        const endHr = performance.now()
+        const result = Exit.isSuccess(exit) ? summary(exit.value) : undefined
+        record.addUpstreamCall({
+          model,
+          startHr,
+          endHr,
+          error: errorOf(exit),
+          responseModel: result?.responseModel ?? null,
+          inputTokens: result?.inputTokens ?? null,
+          outputTokens: result?.outputTokens ?? null,
+          finishReason: result?.finishReason ?? null
+        })
+      }))
+  })
+
+/** Notes a tool execution in the record when it ends (see `recordUpstreamCall`). */
+export const recordToolCall = <E, R>(
+  record: RequestRecord.RequestRecord | undefined,
+  call: ToolCall,
+  execution: Effect.Effect<ToolResult, E, R>
+): Effect.Effect<ToolResult, E, R> =>
+  record === undefined ? execution : Effect.suspend(() => {
+    const startHr = performance.now()
+    return Effect.onExit(execution, (exit) =>
+      Effect.sync(() =>
+        record.addToolCall({
+          name: call.function.name,
+          callId: call.id === "" ? null : call.id,
+          startHr,
+          endHr: performance.now(),
+          error: Exit.isSuccess(exit) ? (exit.value.is_error ? "tool_error" : null) : errorOf(exit)
+        })
+      ))
+  })
 
 /** Waits when the sink asked for it. */
 const awaitSink = (wait: Promise<void> | undefined): Effect.Effect<void> =>

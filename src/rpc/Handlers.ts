@@ -11,11 +11,12 @@ import { Admission } from "../hub/Admission.js"
 import type { AiBaseError, OverloadedError } from "../protocol/Errors.js"
 import { type AiBaseRpc, AiBaseRpcs, type ChatStreamEvent, ResumeRequest } from "../protocol/Rpcs.js"
 import { Ledger } from "../ledger/Ledger.js"
+import { finishRecord, Telemetry } from "../observability/Telemetry.js"
 import { ResumableStreams } from "../resume/ResumableStreams.js"
 import * as RequestRecord from "../ledger/RequestRecord.js"
 import * as Push from "../stream/Push.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
-import { Chat } from "./Chat.js"
+import { Chat, recordToolCall, recordUpstreamCall } from "./Chat.js"
 
 /** A streamed request's handler in push form, with the decoding of its payload. */
 export interface PushHandler {
@@ -89,7 +90,7 @@ const makeStreamPush = Effect.gen(function*() {
   const chat = yield* Chat
   const { guard } = yield* Admission
   const resumable = yield* ResumableStreams
-  const ledger = yield* Ledger
+  const finish = finishRecord(yield* Ledger, yield* Telemetry)
   return (request: ChatCompletionRequest, caller: RequestRecord.Caller): Push.PushStream<ChatStreamEvent, AiBaseError> =>
   (sink) =>
     withRecord((record) => {
@@ -99,13 +100,16 @@ const makeStreamPush = Effect.gen(function*() {
         return push((event) => {
           record.onStreamEvent(event)
           return sink(event)
-        })
+        }).pipe(
+          // A resumable stream runs on a fiber of its own, which would not see the record (Chat notes its calls there).
+          Effect.locally(RequestRecord.current, record)
+        )
       }
       if (request.resumable !== true) return observed(sink)
       if (record !== undefined) record.finishedBy = "stream"
       const ownRecord: Push.PushStream<ChatStreamEvent, AiBaseError> = record === undefined
         ? observed
-        : (sink) => Effect.onExit(observed(sink), (exit) => Effect.sync(() => ledger.finish(record, exit)))
+        : (sink) => Effect.onExit(observed(sink), (exit) => finish(record, exit))
       return resumable.start(ownRecord, caller.principal)(sink)
     })
 })
@@ -139,16 +143,25 @@ const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
     Embedding: (request) =>
       withRecord((record) => {
         const model = request.model ?? config.openai.embeddingModel
-        const embedding = guard(openai.createEmbedding({ ...request, model }))
-        if (record === undefined) return embedding
+        if (record === undefined) return guard(openai.createEmbedding({ ...request, model }))
         record.requested(model, request.input)
+        record.provider = openai.provider
+        const embedding = guard(
+          recordUpstreamCall(record, model, openai.createEmbedding({ ...request, model }), (response) => ({
+            responseModel: response.model,
+            inputTokens: response.usage.prompt_tokens,
+            outputTokens: null,
+            finishReason: null
+          }))
+        )
         return Effect.tap(embedding, (response) => record.onEmbedding(response))
       }),
     ToolsList: () => Effect.map(registry.definitions, (tools) => ({ tools })),
     ToolExecute: ({ tool_call }) =>
       withRecord((record) => {
         record?.toolsCalled.push(tool_call.function.name)
-        return registry.execute(tool_call)
+        // The request is the tool's execution: its trace span is `execute_tool <name>` (see observability/Tracing).
+        return recordToolCall(record, tool_call, registry.execute(tool_call))
       })
   })
 }))

@@ -11,6 +11,9 @@ import { Database, type DatabaseError } from "../db/Database.js"
 import { Hub } from "../hub/Hub.js"
 import { Ledger } from "../ledger/Ledger.js"
 import { ResumableStreams } from "../resume/ResumableStreams.js"
+import { Prometheus } from "../observability/Prometheus.js"
+import { Telemetry } from "../observability/Telemetry.js"
+import * as Tracing from "../observability/Tracing.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import * as Provider from "../openai/Provider.js"
 import * as Handlers from "../rpc/Handlers.js"
@@ -18,6 +21,7 @@ import * as BuiltinTools from "../tools/builtin/BuiltinTools.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
 import * as Auth from "./Auth.js"
 import * as HttpRoutes from "./HttpRoutes.js"
+import * as MetricsRoute from "./MetricsRoute.js"
 import * as NodeServer from "./NodeServer.js"
 import * as RpcRoute from "./RpcRoute.js"
 import * as UsageRoute from "./UsageRoute.js"
@@ -25,11 +29,18 @@ import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 import * as WsRoute from "./WsRoute.js"
 
 /**
- * Every AIBase route (/ws, /rpc, /health, /info, /usage) plus the auth
- * middleware, for an HttpRouter. Needs AppConfig, Hub, OpenAi, ToolRegistry,
- * Database and Ledger.
+ * Every AIBase route (/ws, /rpc, /health, /info, /usage, /metrics) plus the
+ * auth middleware, for an HttpRouter. Needs AppConfig, Hub, OpenAi,
+ * ToolRegistry, Database, Ledger, Telemetry and Prometheus.
  */
-export const routes = Layer.mergeAll(WsRoute.layer, RpcRoute.layer, HttpRoutes.layer, UsageRoute.layer, Auth.layer).pipe(
+export const routes = Layer.mergeAll(
+  WsRoute.layer,
+  RpcRoute.layer,
+  HttpRoutes.layer,
+  UsageRoute.layer,
+  MetricsRoute.layer,
+  Auth.layer
+).pipe(
   Layer.provide([Handlers.layer, WebSocketUpgrade.layer])
 )
 
@@ -59,6 +70,15 @@ export const layerNoLedger: Layer.Layer<Ledger | Database | ResumableStreams, ne
   ResumableStreams.layer()
 ).pipe(
   Layer.provideMerge(Layer.orDie(Database.layer({ type: "none" })))
+)
+
+/**
+ * Metrics (Telemetry, served by Prometheus at /metrics), the request log
+ * (REQUEST_LOG) and, with OTEL_EXPORTER_OTLP_ENDPOINT, traces.
+ */
+export const layerObservability: Layer.Layer<Telemetry | Prometheus, ConfigError.ConfigError, OpenAi> = Layer.merge(
+  Telemetry.layerConfig,
+  Prometheus.layerConfig
 )
 
 /** The default services: Hub, the tools, the provider chosen by LLM_PROVIDER, the database and the ledger. */
@@ -126,14 +146,19 @@ const logStartup = Layer.effectDiscard(Effect.gen(function*() {
 export const withGracefulShutdown = <A, E, R>(served: Layer.Layer<A, E, R>) =>
   layerGracefulShutdown.pipe(Layer.provideMerge(served))
 
-/** The server with its routes; needs AppConfig and the services (see `layerServices`). */
+/** The server with its routes and observability; needs AppConfig and the services (see `layerServices`). */
 export const layerServer = withGracefulShutdown(
   HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })
 ).pipe(
   Layer.merge(layerUpgrades),
   Layer.merge(logStartup),
-  Layer.provideMerge(layerHttpServer)
+  Layer.provideMerge(layerHttpServer),
+  Layer.provideMerge(layerObservability)
 )
 
-/** Everything, from AppConfig. */
-export const layer = layerServer.pipe(Layer.provide(layerServices))
+/**
+ * Everything, from AppConfig. The tracer (OTEL_EXPORTER_OTLP_ENDPOINT) is
+ * outermost: built before every other layer, so they all trace through it,
+ * and released last, so that its buffered spans are sent at shutdown.
+ */
+export const layer = layerServer.pipe(Layer.provide(layerServices), Layer.provide(Tracing.layerConfig))

@@ -1,6 +1,6 @@
 /**
  * Bearer-token authentication. With AUTH_TOKENS (or ADMIN_TOKENS) set, every endpoint except
- * /health needs `Authorization: Bearer TOKEN` or `?token=TOKEN` (browsers
+ * /health, the console's page and assets (and /metrics with METRICS_PUBLIC) needs `Authorization: Bearer TOKEN` or `?token=TOKEN` (browsers
  * cannot set headers on a WebSocket). Tokens are compared in constant time
  * and never logged.
  */
@@ -11,7 +11,9 @@ import { AppConfig, type AppConfigShape } from "../config/AppConfig.js"
 import * as Principal from "../ledger/Principal.js"
 
 /** Paths that stay open with auth on, so that load balancers can probe them. */
-const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/health"])
+/** Open without a token: the health check, and the console's page and static assets (they hold no data). */
+const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/health", "/"])
+const PUBLIC_PREFIX = "/console/assets/"
 
 const digest = (token: string): Buffer => createHash("sha256").update(token).digest()
 
@@ -77,11 +79,14 @@ const unauthorized = HttpServerResponse.unsafeJson(unauthorizedBody, {
 /** Global middleware enforcing AUTH_TOKENS; a no-op when none are configured. */
 export const layer = HttpLayerRouter.middleware(
   Effect.gen(function*() {
-    const policy = makePolicy(yield* AppConfig)
+    const config = yield* AppConfig
+    const policy = makePolicy(config)
+    const isPublic = (path: string) =>
+      PUBLIC_PATHS.has(path) || path.startsWith(PUBLIC_PREFIX) || (config.metricsPublic && path === "/metrics")
     return (httpEffect) =>
       !policy.required ? httpEffect : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
         const path = new URL(request.url, "http://localhost").pathname
-        return PUBLIC_PATHS.has(path) || policy.check(presentedToken(request)) ? httpEffect : Effect.succeed(unauthorized)
+        return isPublic(path) || policy.check(presentedToken(request)) ? httpEffect : Effect.succeed(unauthorized)
       })
   }),
   { global: true }

@@ -16,6 +16,7 @@ import { type AiBaseRpc, AiBaseRpcs, PLAIN_EVENTS, type WireName, WireNames } fr
 import { decodeSafely, validationError } from "../protocol/Validation.js"
 import { Ledger, RECORDED_RPCS } from "../ledger/Ledger.js"
 import * as RequestRecord from "../ledger/RequestRecord.js"
+import { finishRecord, Telemetry } from "../observability/Telemetry.js"
 import { type Caller, isDisconnect } from "../ledger/RequestRecord.js"
 import { seqOfFinalError } from "../resume/ResumableStreams.js"
 import { PushHandlers, type StreamEvent } from "../rpc/Handlers.js"
@@ -87,11 +88,12 @@ const awaitEmit = (wait: Promise<void> | undefined): Effect.Effect<void> =>
   wait === undefined ? Effect.void : Effect.promise(() => wait)
 
 /** Builds the routes from the group; needs the group's handlers (and their push forms) in context. */
-export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | PushHandlers | Ledger> = Effect.gen(function*() {
+export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | PushHandlers | Ledger | Telemetry> = Effect.gen(function*() {
   const routes = new Map<string, Route>()
   const context = yield* Effect.context<Rpc.ToHandler<AiBaseRpc>>()
   const pushHandlers = yield* PushHandlers
   const ledger = yield* Ledger
+  const telemetry = yield* Telemetry
   for (const rpc of AiBaseRpcs.requests.values()) {
     const names: WireName = WireNames[rpc._tag]
     const invoke = handlerOf(context, rpc.key)
@@ -173,7 +175,7 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
           }
         })
     }
-    routes.set(names.request, { type: names.request, run: RECORDED_RPCS.has(rpc._tag) ? recorded(ledger, names.request, run) : run })
+    routes.set(names.request, { type: names.request, run: RECORDED_RPCS.has(rpc._tag) ? recorded(ledger, telemetry, names.request, run) : run })
   }
 
   const known = [...routes.keys(), CANCEL].join(", ")
@@ -215,14 +217,16 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
   }
 })
 
-/** A route whose requests go into the ledger, from start to exit. */
-const recorded = (ledger: Ledger["Type"], type: string, run: Route["run"]): Route["run"] =>
-(requestId, payload, emit, caller) => {
-  const record = ledger.begin(requestId, type, caller)
-  return run(requestId, payload, emit, caller).pipe(
-    Effect.locally(RequestRecord.current, record),
-    Effect.onExit((exit) => Effect.sync(() => record.finishedBy === "request" && ledger.finish(record, exit)))
-  )
+/** A route whose requests are recorded (ledger, metrics, log, spans), from start to exit. */
+const recorded = (ledger: Ledger["Type"], telemetry: Telemetry["Type"], type: string, run: Route["run"]): Route["run"] => {
+  const finish = finishRecord(ledger, telemetry)
+  return (requestId, payload, emit, caller) => {
+    const record = ledger.begin(requestId, type, caller)
+    return run(requestId, payload, emit, caller).pipe(
+      Effect.locally(RequestRecord.current, record),
+      Effect.onExit((exit) => record.finishedBy === "request" ? finish(record, exit) : Effect.void)
+    )
+  }
 }
 
 /** Carries a Schema failure out of a synchronous sink. */

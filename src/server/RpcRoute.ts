@@ -22,6 +22,7 @@ import { Hub, isShutdown, stoppedAtShutdown } from "../hub/Hub.js"
 import { AiBaseError, OverloadedError } from "../protocol/Errors.js"
 import { AiBaseRpcs, WireNames } from "../protocol/Rpcs.js"
 import { INSTANCE, Ledger, RECORDED_RPCS } from "../ledger/Ledger.js"
+import { finishRecord, Telemetry } from "../observability/Telemetry.js"
 import * as RequestRecord from "../ledger/RequestRecord.js"
 import type { Caller } from "../ledger/RequestRecord.js"
 import * as Handlers from "../rpc/Handlers.js"
@@ -41,11 +42,18 @@ const recordedTypes: ReadonlyMap<string, string> = new Map(
   [...RECORDED_RPCS].map((tag) => [tag, WireNames[tag].request])
 )
 
+/** The /ws name of every Rpc, by tag (the `type` label of its metrics). */
+const wireTypes: ReadonlyMap<string, string> = new Map(
+  Object.entries(WireNames).map(([tag, names]) => [tag, names.request])
+)
+
 const layerRequestGuard = Layer.effect(
   RequestGuard,
   Effect.gen(function*() {
     const hub = yield* Hub
     const ledger = yield* Ledger
+    const telemetry = yield* Telemetry
+    const finish = finishRecord(ledger, telemetry)
     const { maxInFlight } = (yield* AppConfig).limits
     const inFlight = new Map<number, number>()
     const overloaded = new OverloadedError({
@@ -76,7 +84,7 @@ const layerRequestGuard = Layer.effect(
         const record = ledger.begin(headers[RpcInput.REQUEST_ID_HEADER] ?? "", type, caller ?? RequestRecord.inProcess)
         return request.pipe(
           Effect.locally(RequestRecord.current, record),
-          Effect.onExit((exit) => Effect.sync(() => record.finishedBy === "request" && ledger.finish(record, exit)))
+          Effect.onExit((exit) => record.finishedBy === "request" ? finish(record, exit) : Effect.void)
         )
       })
     }
@@ -85,15 +93,22 @@ const layerRequestGuard = Layer.effect(
         const count = inFlight.get(clientId) ?? 0
         if (count >= maxInFlight) return Effect.fail(overloaded)
         inFlight.set(clientId, count + 1)
+        const type = wireTypes.get(rpc._tag) ?? rpc._tag
+        telemetry.requestStarted(type)
         return Effect.flatMap(Effect.fork(restore(recorded(hub.track(next), rpc._tag, headers))), (child) =>
           Effect.matchCauseEffect(restore(Fiber.await(child)), {
             // Awaiting cannot fail: this is the request being interrupted.
             // By the same FiberId, so that the request can tell a disconnect from a cancel.
             onFailure: (cause) =>
-              interruptLike(child, cause).pipe(Effect.zipRight(release(clientId)), Effect.zipRight(Effect.failCause(cause))),
+              interruptLike(child, cause).pipe(
+                Effect.zipRight(Fiber.await(child)),
+                Effect.tap((exit) => telemetry.requestEnded(type, "rpc", exit)),
+                Effect.zipRight(release(clientId)),
+                Effect.zipRight(Effect.failCause(cause))
+              ),
             onSuccess: (exit) =>
               Effect.zipRight(
-                release(clientId),
+                Effect.zipRight(Effect.sync(() => telemetry.requestEnded(type, "rpc", exit)), release(clientId)),
                 Exit.isFailure(exit) && isShutdown(Cause.interruptors(exit.cause)) ? Effect.fail(stoppedAtShutdown) : exit
               )
           }))

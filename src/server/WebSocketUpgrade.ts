@@ -23,6 +23,7 @@ import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ConnectionRefused, Hub, type Membership, type Transport } from "../hub/Hub.js"
+import { Telemetry } from "../observability/Telemetry.js"
 import * as Auth from "./Auth.js"
 
 const EMPTY_HEAD = Buffer.alloc(0)
@@ -38,24 +39,28 @@ export const upgradeProblem = (method: string | undefined, headers: IncomingHttp
 }
 
 interface Rejection {
+  /** The `reason` label of `aibase_connections_refused_total`. */
+  readonly reason: string
   readonly status: number
   readonly headers: Readonly<Record<string, string>>
   readonly body: object
 }
 
 const notUpgradable = (problem: string): Rejection => ({
+  reason: "not_websocket",
   status: 426,
   headers: { upgrade: "websocket" },
   body: { error: problem }
 })
 
 const refused = (error: ConnectionRefused): Rejection => ({
+  reason: error.reason,
   status: 503,
   headers: { "retry-after": "1" },
   body: { status: error.reason, error: error.reason, message: error.message }
 })
 
-const unauthorized: Rejection = { status: 401, headers: { "www-authenticate": "Bearer" }, body: Auth.unauthorizedBody }
+const unauthorized: Rejection = { reason: "unauthorized", status: 401, headers: { "www-authenticate": "Bearer" }, body: Auth.unauthorizedBody }
 
 const STATUS_TEXT: Readonly<Record<number, string>> = {
   401: "Unauthorized",
@@ -106,6 +111,7 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
   static readonly make = Effect.gen(function*() {
     const config = yield* AppConfig
     const hub = yield* Hub
+    const telemetry = yield* Telemetry
     const auth = Auth.makePolicy(config)
     const endpoints = new Map<string, Endpoint>()
     const server = yield* Effect.acquireRelease(
@@ -178,7 +184,10 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
       const rejection = auth.required && !auth.check(token)
         ? unauthorized
         : accept(endpoint, request, socket, head, auth.principalOf(token))
-      if (rejection !== undefined) writeRejection(socket, rejection)
+      if (rejection !== undefined) {
+        telemetry.connectionRefused(rejection.reason)
+        writeRejection(socket, rejection)
+      }
       return true
     }
 
@@ -196,7 +205,10 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
         const incoming = NodeHttpServerRequest.toIncomingMessage(request)
         // Clients wait for the 101 before sending frames, so there is no head to pass on.
         const rejection = accept(endpoint, incoming, incoming.socket, EMPTY_HEAD, auth.principalOf(Auth.presentedToken(request)))
-        if (rejection !== undefined) return asResponse(rejection)
+        if (rejection !== undefined) {
+          telemetry.connectionRefused(rejection.reason)
+          return asResponse(rejection)
+        }
         // The platform writes this handler's response when it returns; by then
         // the socket belongs to ws, so return only once it has closed.
         yield* Effect.async<void>((resume) => {
@@ -209,7 +221,7 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
     return WebSocketUpgrade.of({ endpoint, handle, route })
   })
 
-  static readonly layer: Layer.Layer<WebSocketUpgrade, never, AppConfig | Hub> = Layer.scoped(
+  static readonly layer: Layer.Layer<WebSocketUpgrade, never, AppConfig | Hub | Telemetry> = Layer.scoped(
     WebSocketUpgrade,
     WebSocketUpgrade.make
   )

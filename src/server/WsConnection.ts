@@ -30,6 +30,7 @@ import {
 import { CancelRequest } from "../protocol/Frames.js"
 import { validationError } from "../protocol/Validation.js"
 import { type Caller, DisconnectFiberId } from "../ledger/RequestRecord.js"
+import type { Telemetry } from "../observability/Telemetry.js"
 import type { Emit, Envelope, Incoming, Route } from "./Envelope.js"
 
 export interface Limits {
@@ -41,6 +42,7 @@ export interface Limits {
 export interface Options {
   readonly envelope: Envelope
   readonly hub: Hub["Type"]
+  readonly telemetry: Telemetry["Type"]
   readonly limits: Limits
   /** Starts a request's fiber (the server's runtime). */
   readonly fork: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
@@ -80,7 +82,7 @@ export const underlyingSocket = (ws: WebSocket): Duplex | undefined => {
 
 /** Serves the envelope protocol on an upgraded socket until it closes. */
 export const serve = (ws: WebSocket, membership: Membership, caller: Caller, options: Options): void => {
-  const { envelope, fork, hub, limits } = options
+  const { envelope, fork, hub, limits, telemetry } = options
   const requests = new Map<string, InFlight>()
   const socket = underlyingSocket(ws)
   let corked = false
@@ -147,9 +149,15 @@ export const serve = (ws: WebSocket, membership: Membership, caller: Caller, opt
     send(envelope.encodeError(requestId, error))
   }
 
+  /** Answers a frame that does not become a request. */
+  const reject = (requestId: string | null, error: AiBaseError): void => {
+    telemetry.frameRejected(error.code)
+    sendError(requestId, error)
+  }
+
   const start = (incoming: Incoming, route: Route): void => {
     const { requestId } = incoming
-    if (hub.unsafeStats().draining) return sendError(requestId, refusedAtShutdown)
+    if (hub.unsafeStats().draining) return reject(requestId, refusedAtShutdown)
     const entry: InFlight = { fiber: undefined, cancelled: false, finished: false }
     const emit: Emit = (frame, final) => {
       if (entry.finished) return undefined
@@ -160,6 +168,7 @@ export const serve = (ws: WebSocket, membership: Membership, caller: Caller, opt
     // combinators wrapped around the request itself.
     const settle = (exit: Exit.Exit<void, AiBaseError>): void => {
       if (requests.get(requestId) === entry) requests.delete(requestId)
+      telemetry.requestEnded(route.type, "ws", exit)
       if (Exit.isSuccess(exit)) return
       const cause = exit.cause
       if (entry.finished) {
@@ -179,6 +188,7 @@ export const serve = (ws: WebSocket, membership: Membership, caller: Caller, opt
     }
     // The entry goes in first: a request can finish synchronously inside fork.
     requests.set(requestId, entry)
+    telemetry.requestStarted(route.type)
     const fiber = fork(route.run(requestId, incoming.payload, emit, caller))
     const exit = fiber.unsafePoll()
     if (exit !== null) return settle(exit)
@@ -190,7 +200,7 @@ export const serve = (ws: WebSocket, membership: Membership, caller: Caller, opt
   const cancel = (incoming: Incoming): void => {
     const target = decodeCancel(incoming.payload)
     if (Either.isLeft(target)) {
-      return sendError(incoming.requestId, validationError("invalid_payload", target.left, ["payload"]))
+      return reject(incoming.requestId, validationError("invalid_payload", target.left, ["payload"]))
     }
     const targetId = target.right.request_id
     const entry = requests.get(targetId)
@@ -208,11 +218,11 @@ export const serve = (ws: WebSocket, membership: Membership, caller: Caller, opt
 
   const onFrame = (text: string): void => {
     const read = envelope.read(text)
-    if (Either.isLeft(read)) return sendError(read.left.requestId, read.left.error)
+    if (Either.isLeft(read)) return reject(read.left.requestId, read.left.error)
     const incoming = read.right
     if (incoming.type === "cancel") return cancel(incoming)
     if (requests.has(incoming.requestId)) {
-      return sendError(
+      return reject(
         incoming.requestId,
         new ValidationError({
           code: "duplicate_request_id",
@@ -221,7 +231,7 @@ export const serve = (ws: WebSocket, membership: Membership, caller: Caller, opt
       )
     }
     if (requests.size >= limits.maxInFlight) {
-      return sendError(
+      return reject(
         incoming.requestId,
         new OverloadedError({
           code: "too_many_in_flight",
@@ -234,7 +244,7 @@ export const serve = (ws: WebSocket, membership: Membership, caller: Caller, opt
   }
 
   ws.on("message", (data, isBinary) => {
-    if (isBinary) return sendError(null, binaryFrame)
+    if (isBinary) return reject(null, binaryFrame)
     try {
       onFrame(Array.isArray(data) ? Buffer.concat(data).toString() : data.toString())
     } catch (error) {

@@ -6,6 +6,7 @@ import { Effect, Layer, Runtime } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { Hub } from "../hub/Hub.js"
 import { INSTANCE } from "../ledger/Ledger.js"
+import { Telemetry } from "../observability/Telemetry.js"
 import * as Envelope from "./Envelope.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 import * as WsConnection from "./WsConnection.js"
@@ -22,6 +23,7 @@ export const layer = Layer.scopedDiscard(Effect.gen(function*() {
   const options: WsConnection.Options = {
     envelope,
     hub,
+    telemetry: yield* Telemetry,
     limits: {
       maxInFlight: config.limits.maxInFlight,
       maxBufferedBytes: config.limits.maxBufferedBytes,

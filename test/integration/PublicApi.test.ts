@@ -48,6 +48,7 @@ const App = AiBaseServer.withGracefulShutdown(
 ).pipe(
   Layer.provideMerge(NodeHttpServer.layer(createServer, { host: "127.0.0.1", port: 0 })),
   Layer.provide(Tool.toLayer(Shout)),
+  Layer.provide(AiBaseServer.layerObservability),
   Layer.provideMerge(Layer.mergeAll(AiBaseServer.layerTools, CannedModel, AiBaseServer.layerNoLedger)),
   Layer.provideMerge(Hub.layer),
   Layer.provideMerge(AppConfig.layerFromEnv({ SHUTDOWN_GRACE_SECONDS: "1", OFFLINE_WORD_DELAY_MS: "100", LOG_LEVEL: "warning" })),
