@@ -10,10 +10,15 @@
  */
 import { Metric, MetricBoundaries, MetricLabel } from "effect"
 
-/** The unit each metric's Prometheus name ends with (OpenTelemetry's `s` becomes `_seconds`). */
+/**
+ * The unit of each metric that has one, in Prometheus' words: the
+ * OpenTelemetry-named ones get it as their name's suffix (`s` becomes
+ * `_seconds`). Effect's metrics carry no unit of their own.
+ */
 export const UNITS: ReadonlyMap<string, string> = new Map([
   ["gen_ai.client.operation.duration", "seconds"],
-  ["gen_ai.client.operation.time_to_first_chunk", "seconds"]
+  ["gen_ai.client.operation.time_to_first_chunk", "seconds"],
+  ["aibase_tool_duration_seconds", "seconds"]
 ])
 
 // Bucket boundaries advised by the GenAI semantic conventions.

@@ -51,14 +51,20 @@ export class Prometheus extends Context.Tag("aibase/Prometheus")<Prometheus, {
   )
 }
 
-/** `gen_ai.client.operation.duration` is scraped as `gen_ai_client_operation_duration_seconds`. */
+/**
+ * `gen_ai.client.operation.duration` is scraped as
+ * `gen_ai_client_operation_duration_seconds`, with `# UNIT ... seconds`; a
+ * metric without a unit gets no UNIT line (the producer's default, `1`, says nothing).
+ */
 const withUnitSuffixes = (metrics: ResourceMetrics): ResourceMetrics => ({
   ...metrics,
   scopeMetrics: metrics.scopeMetrics.map((scope) => ({
     ...scope,
     metrics: scope.metrics.map((metric) => {
-      const unit = UNITS.get(metric.descriptor.name)
-      return unit === undefined ? metric : { ...metric, descriptor: { ...metric.descriptor, name: `${metric.descriptor.name}_${unit}` } }
+      const name = metric.descriptor.name
+      const unit = UNITS.get(name) ?? ""
+      const suffixed = unit === "" || name.endsWith(`_${unit}`) ? name : `${name}_${unit}`
+      return { ...metric, descriptor: { ...metric.descriptor, name: suffixed, unit } }
     })
   }))
 })
