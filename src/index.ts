@@ -1,7 +1,8 @@
 /**
- * AIBase's public API: the services and their Layers, the RpcGroup and its
- * schemas, the tool-definition helper, the error classes and the /ws
- * protocol types. Everything else in src/ is internal.
+ * AIBase's public API: the services and their Layers, the chat engine and
+ * the RpcGroup's handlers (for in-process use and in-memory RPC clients),
+ * the RpcGroup and its schemas, the tool-definition helper, the error
+ * classes and the /ws protocol types. Everything else in src/ is internal.
  *
  * @example
  * ```ts
@@ -24,9 +25,17 @@ export * as OfflineModel from "./openai/OfflineModel.js"
 export { OpenAi } from "./openai/OpenAi.js"
 export * as OpenAiSdk from "./openai/OpenAiSdk.js"
 export * as Provider from "./openai/Provider.js"
+export { Chat, type ChatOptions } from "./rpc/Chat.js"
+export * as Handlers from "./rpc/Handlers.js"
+export * as Push from "./stream/Push.js"
 export * as BuiltinTools from "./tools/builtin/BuiltinTools.js"
 export * as Tool from "./tools/Tool.js"
 export { ToolRegistry } from "./tools/ToolRegistry.js"
+
+// observability
+export { Prometheus, type PrometheusOptions } from "./observability/Prometheus.js"
+export { Telemetry, type TelemetryOptions } from "./observability/Telemetry.js"
+export * as Tracing from "./observability/Tracing.js"
 
 // the server
 export * as AiBaseServer from "./server/AiBaseServer.js"

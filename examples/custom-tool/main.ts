@@ -69,8 +69,14 @@ const HelloRoute = HttpLayerRouter.add(
 /** The app's routes and AIBase's, in one router (AIBase's auth middleware covers them all). */
 const Routes = Layer.mergeAll(HelloRoute, AiBaseServer.routes)
 
-/** AIBase's services, with the app's tool registered in the same ToolRegistry. */
-const Services = Tool.toLayer(WordCount).pipe(Layer.provideMerge(AiBaseServer.layerServices))
+/**
+ * AIBase's services, with the app's tool registered in the same ToolRegistry,
+ * and the model chosen by LLM_PROVIDER (an app can provide its own OpenAi layer instead).
+ */
+const Services = Tool.toLayer(WordCount).pipe(
+  Layer.provideMerge(AiBaseServer.layerServices),
+  Layer.provide(AiBaseServer.layerModel)
+)
 
 /** The app's own HTTP server settings, read under the same env + .env provider as AIBase's. */
 const HttpServerLive = NodeHttpServer.layerConfig(createServer, {

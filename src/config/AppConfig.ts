@@ -26,6 +26,13 @@ const withDefault = <A, I extends string>(name: string, schema: Schema.Schema<A,
 const seconds = (name: string, fallback: number) =>
   withDefault(name, Seconds, fallback).pipe(Config.map(Duration.seconds))
 
+/** The chat defaults (OPENAI_MODEL, OPENAI_TEMPERATURE, OPENAI_MAX_TOKENS), for `Chat.layerConfig`. */
+export const chatDefaults = Config.all({
+  model: Config.string("OPENAI_MODEL").pipe(Config.withDefault("gpt-4o-mini")),
+  maxTokens: withDefault("OPENAI_MAX_TOKENS", PositiveInt, 1000),
+  temperature: withDefault("OPENAI_TEMPERATURE", Schema.NumberFromString.pipe(Schema.between(0, 2)), 0.7)
+})
+
 export type ProviderChoice = "auto" | "openai" | "offline"
 export type Provider = "openai" | "offline"
 export type LogFormat = "pretty" | "json"
@@ -55,6 +62,7 @@ const config = Config.all({
     shutdownGrace: seconds("SHUTDOWN_GRACE_SECONDS", 10)
   }),
   openai: Config.all({
+    chatDefaults,
     apiKey: Config.option(Config.redacted("OPENAI_API_KEY")).pipe(
       Config.map(Option.filter((key) => Redacted.value(key).trim().length > 0))
     ),
@@ -62,13 +70,10 @@ const config = Config.all({
       Config.withDefault(new URL("https://api.openai.com/v1")),
       Config.map((url) => url.href.replace(/\/+$/, ""))
     ),
-    model: Config.string("OPENAI_MODEL").pipe(Config.withDefault("gpt-4o-mini")),
     embeddingModel: Config.string("OPENAI_EMBEDDING_MODEL").pipe(Config.withDefault("text-embedding-3-small")),
-    maxTokens: withDefault("OPENAI_MAX_TOKENS", PositiveInt, 1000),
-    temperature: withDefault("OPENAI_TEMPERATURE", Schema.NumberFromString.pipe(Schema.between(0, 2)), 0.7),
     timeout: seconds("OPENAI_TIMEOUT_SECONDS", 60),
     maxRetries: withDefault("OPENAI_MAX_RETRIES", NonNegativeInt.pipe(Schema.lessThanOrEqualTo(10)), 2)
-  }),
+  }).pipe(Config.map(({ chatDefaults, ...rest }) => ({ ...chatDefaults, ...rest }))),
   providerChoice: withDefault("LLM_PROVIDER", Schema.Literal("auto", "openai", "offline"), "auto"),
   offline: Config.all({
     embeddingDimensions: withDefault("OFFLINE_EMBEDDING_DIMENSIONS", PositiveInt.pipe(Schema.lessThanOrEqualTo(4096)), 256),

@@ -15,8 +15,12 @@ import type { AiBaseError } from "../protocol/Errors.js"
 import * as Push from "../stream/Push.js"
 
 export class OpenAi extends Context.Tag("aibase/OpenAi")<OpenAi, {
-  /** What /info and the startup log report. */
-  readonly provider: "openai" | "offline"
+  /**
+   * What /info, the startup log, metrics and traces report
+   * (`gen_ai.provider.name`): `openai` and `offline` for the two that ship,
+   * any name for another provider.
+   */
+  readonly provider: string
   /** The upstream base URL, without credentials (absent for the offline model). */
   readonly baseUrl: string | undefined
   readonly createChatCompletion: (request: UpstreamChatRequest) => Effect.Effect<ChatCompletion, AiBaseError>

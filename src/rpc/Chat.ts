@@ -4,8 +4,9 @@
  * `auto_execute_tools`, the server-side tool loop (call the model, run the
  * registry's tools, call it again) for both whole and streamed completions.
  */
-import { Context, Effect, Exit, FiberRef, Layer, Option, Stream } from "effect"
-import { AppConfig } from "../config/AppConfig.js"
+import { type ConfigError, Context, Effect, Exit, FiberRef, Layer, Option, Stream } from "effect"
+import { chatDefaults } from "../config/AppConfig.js"
+import type { ChatCompletion } from "../protocol/Chat.js"
 import * as RequestRecord from "../ledger/RequestRecord.js"
 import { OpenAi, pushChatCompletion } from "../openai/OpenAi.js"
 import {
@@ -30,14 +31,28 @@ export const DEFAULT_MAX_TOOL_ROUNDS = 5
 /** Calls of one round that run at the same time. */
 const TOOL_CONCURRENCY = 8
 
+export interface ChatOptions {
+  /** The model of requests that name none (OPENAI_MODEL). */
+  readonly model: string
+  /** The temperature of requests that set none (OPENAI_TEMPERATURE). */
+  readonly temperature?: number | undefined
+  /** `max_tokens` of requests that set neither it nor `max_completion_tokens` (OPENAI_MAX_TOKENS). */
+  readonly maxTokens?: number | undefined
+  /** Tool rounds of requests that set no `max_tool_rounds`. Default 5. */
+  readonly maxToolRounds?: number | undefined
+}
+
 export class Chat extends Context.Tag("aibase/Chat")<Chat, {
+  /** The defaults filled into requests. */
+  readonly defaults: ChatOptions
   readonly complete: (request: ChatCompletionRequest) => Effect.Effect<ChatCompletionResponse, AiBaseError>
   readonly stream: (request: ChatCompletionRequest) => Stream.Stream<ChatStreamEvent, AiBaseError>
   /** `stream` as a push stream: the form the /ws transport runs. */
   readonly push: (request: ChatCompletionRequest) => Push.PushStream<ChatStreamEvent, AiBaseError>
 }>() {
-  static readonly make = Effect.gen(function*() {
-    const config = yield* AppConfig
+  static readonly make = (options: ChatOptions) => Effect.gen(function*() {
+    const defaults = options
+    const defaultMaxToolRounds = options.maxToolRounds ?? DEFAULT_MAX_TOOL_ROUNDS
     const openai = yield* OpenAi
     const registry = yield* ToolRegistry
 
@@ -66,14 +81,15 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
 
     /** Fills in the configured defaults and puts tools into OpenAI's shape. */
     const resolve = Effect.fnUntraced(function*(request: ChatCompletionRequest) {
-      const { auto_execute_tools: _auto, max_tool_rounds: _rounds, model, resumable: _resumable, tools, ...options } = request
+      const { auto_execute_tools: _auto, max_tool_rounds: _rounds, model, resumable: _resumable, tools, ...fields } = request
       const resolvedTools = tools === undefined ? [] : yield* resolveTools(tools)
+      const temperature = fields.temperature ?? defaults.temperature
       const upstream: UpstreamChatRequest = {
-        ...options,
-        model: model ?? config.openai.model,
-        temperature: options.temperature ?? config.openai.temperature,
-        ...(options.max_tokens === undefined && options.max_completion_tokens === undefined
-          ? { max_tokens: config.openai.maxTokens }
+        ...fields,
+        model: model ?? defaults.model,
+        ...(temperature === undefined ? {} : { temperature }),
+        ...(fields.max_tokens === undefined && fields.max_completion_tokens === undefined && defaults.maxTokens !== undefined
+          ? { max_tokens: defaults.maxTokens }
           : {}),
         // OpenAI rejects an empty tools array; an empty selection means no tools.
         ...(resolvedTools.length > 0 ? { tools: resolvedTools } : {})
@@ -116,89 +132,134 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
       return record
     })
 
-    const complete = (request: ChatCompletionRequest) =>
-      Effect.gen(function*() {
-        const record = yield* currentRecord
-        let upstream = yield* resolve(request)
-        if (request.auto_execute_tools !== true) return yield* createChatCompletion(upstream, record)
-
-        const maxRounds = request.max_tool_rounds ?? DEFAULT_MAX_TOOL_ROUNDS
-        const rounds: Array<ToolRound> = []
-        let usage: Usage | undefined = undefined
-        while (true) {
-          const completion = yield* createChatCompletion(upstream, record)
-          usage = addUsage(usage, completion.usage ?? undefined)
-          const choice = completion.choices[0]
-          const calls = choice?.message.tool_calls ?? []
-          const done = (finishReason?: string): ChatCompletionResponse => ({
-            ...completion,
-            ...(usage ? { usage } : {}),
-            ...(finishReason && choice ? { choices: [{ ...choice, finish_reason: finishReason }] } : {}),
-            ...(rounds.length > 0 ? { tool_rounds: rounds } : {})
-          })
-          if (choice === undefined || !(yield* runnable(calls))) return done()
-          if (rounds.length >= maxRounds) return done(TOOL_ROUNDS_EXHAUSTED)
-          const executions = yield* execute(calls, record)
-          rounds.push({ round: rounds.length + 1, executions })
-          upstream = continueWith(upstream, choice.message.content, calls, executions)
-        }
-      })
-
     /**
-     * A streamed completion, pushed event by event: each chunk is accumulated
-     * and handed on in the same synchronous call, so the tool loop adds no
-     * per-chunk cost. With `auto_execute_tools`, a round that ends in calls to
-     * registered tools runs them, pushes one `tool_execution` event per call
-     * and streams the next round; the last event is always the end event.
+     * The tool loop, for whole and streamed completions alike: call the
+     * model (`turn`), and while it asks for registered tools (with
+     * `auto_execute_tools`), run them, report them (`executed`) and call it
+     * again with their results, up to `max_tool_rounds`; then `finish`.
      */
-    const push = (request: ChatCompletionRequest): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
+    const toolLoop = <A, B>(
+      request: ChatCompletionRequest,
+      turn: (upstream: UpstreamChatRequest, record: RequestRecord.RequestRecord | undefined) => Effect.Effect<Turn<A>, AiBaseError>,
+      executed: (executions: ReadonlyArray<ToolExecution>) => Effect.Effect<void, AiBaseError>,
+      finish: (value: A, ending: Ending) => Effect.Effect<B, AiBaseError>
+    ) =>
       Effect.gen(function*() {
         const record = yield* currentRecord
         let upstream = yield* resolve(request)
         const auto = request.auto_execute_tools === true
-        const maxRounds = request.max_tool_rounds ?? DEFAULT_MAX_TOOL_ROUNDS
+        const maxRounds = request.max_tool_rounds ?? defaultMaxToolRounds
         const rounds: Array<ToolRound> = []
         let usage: Usage | undefined = undefined
         while (true) {
+          const { content, toolCalls, usage: used, value } = yield* turn(upstream, record)
+          usage = addUsage(usage, used)
+          const ending = (finishReason: string | undefined): Ending => ({ usage, rounds: [...rounds], finishReason })
+          if (!auto || !(yield* runnable(toolCalls))) return yield* finish(value, ending(undefined))
+          if (rounds.length >= maxRounds) return yield* finish(value, ending(TOOL_ROUNDS_EXHAUSTED))
+          const executions = yield* execute(toolCalls, record)
+          yield* executed(executions)
+          rounds.push({ round: rounds.length + 1, executions })
+          upstream = continueWith(upstream, content, toolCalls, executions)
+        }
+      })
+
+    const complete = (request: ChatCompletionRequest): Effect.Effect<ChatCompletionResponse, AiBaseError> =>
+      toolLoop(
+        request,
+        (upstream, record) =>
+          Effect.map(createChatCompletion(upstream, record), (completion): Turn<ChatCompletion> => {
+            const message = completion.choices[0]?.message
+            return {
+              value: completion,
+              content: message?.content ?? null,
+              toolCalls: message?.tool_calls ?? [],
+              usage: completion.usage ?? undefined
+            }
+          }),
+        () => Effect.void,
+        (completion, { finishReason, rounds, usage }) => {
+          const choice = completion.choices[0]
+          return Effect.succeed({
+            ...completion,
+            ...(usage ? { usage } : {}),
+            ...(finishReason !== undefined && choice ? { choices: [{ ...choice, finish_reason: finishReason }] } : {}),
+            ...(rounds.length > 0 ? { tool_rounds: rounds } : {})
+          })
+        }
+      )
+
+    /**
+     * A streamed completion, pushed event by event: each chunk is accumulated
+     * and handed on in the same synchronous call, so the tool loop adds no
+     * per-chunk cost. Each tool call gets a `tool_execution` event; the last
+     * event is always the end event.
+     */
+    const push = (request: ChatCompletionRequest): Push.PushStream<ChatStreamEvent, AiBaseError> => (sink) =>
+      toolLoop(
+        request,
+        (upstream, record) => {
           const accumulator = new StreamAccumulator()
-          const assembled = yield* recordUpstreamCall(
+          return recordUpstreamCall(
             record,
             upstream.model,
             pushChatCompletion(openai, upstream)((chunk) => {
               accumulator.add(chunk)
               return sink({ _tag: "chat_completion_stream_chunk", data: chunk })
-            }).pipe(Effect.map(() => accumulator.result())),
+            }).pipe(Effect.map((): Turn<Assembled> => {
+              const assembled = accumulator.result()
+              return { value: assembled, content: assembled.content || null, toolCalls: assembled.toolCalls, usage: assembled.usage }
+            })),
             // The chunks name the model; the request's record has it (see RequestRecord.onStreamEvent).
-            (assembled) => chatSummary(null, assembled.usage, assembled.finishReason)
+            (turn) => chatSummary(null, turn.usage, turn.value.finishReason)
           )
-          usage = addUsage(usage, assembled.usage)
-          const end = (finishReason: string | null): ChatStreamEvent => ({
+        },
+        (executions) => Effect.forEach(executions, (execution) => awaitSink(sink({ _tag: "tool_execution", data: execution })), { discard: true }),
+        (assembled, { finishReason, rounds, usage }) =>
+          awaitSink(sink({
             _tag: "chat_completion_stream_end",
             data: {
-              finish_reason: finishReason,
+              finish_reason: finishReason ?? assembled.finishReason,
               content: assembled.content,
               ...(assembled.toolCalls.length > 0 ? { tool_calls: assembled.toolCalls } : {}),
               ...(usage ? { usage } : {}),
-              ...(rounds.length > 0 ? { tool_rounds: [...rounds] } : {})
+              ...(rounds.length > 0 ? { tool_rounds: rounds } : {})
             }
-          })
-          if (!auto || !(yield* runnable(assembled.toolCalls))) return yield* awaitSink(sink(end(assembled.finishReason)))
-          if (rounds.length >= maxRounds) return yield* awaitSink(sink(end(TOOL_ROUNDS_EXHAUSTED)))
-          const executions = yield* execute(assembled.toolCalls, record)
-          for (const execution of executions) yield* awaitSink(sink({ _tag: "tool_execution", data: execution }))
-          rounds.push({ round: rounds.length + 1, executions })
-          upstream = continueWith(upstream, assembled.content || null, assembled.toolCalls, executions)
-        }
-      })
+          }))
+      )
 
     const stream = (request: ChatCompletionRequest): Stream.Stream<ChatStreamEvent, AiBaseError> =>
       Push.toStream(push(request))
 
-    return Chat.of({ complete, stream, push })
+    return Chat.of({ defaults, complete, stream, push })
   })
 
-  static readonly layer: Layer.Layer<Chat, never, AppConfig | OpenAi | ToolRegistry> = Layer.effect(Chat, Chat.make)
+  static readonly layer = (options: ChatOptions): Layer.Layer<Chat, never, OpenAi | ToolRegistry> =>
+    Layer.effect(Chat, Chat.make(options))
+
+  /** OPENAI_MODEL, OPENAI_TEMPERATURE and OPENAI_MAX_TOKENS. */
+  static readonly layerConfig: Layer.Layer<Chat, ConfigError.ConfigError, OpenAi | ToolRegistry> = Layer.unwrapEffect(
+    Effect.map(chatDefaults, Chat.layer)
+  )
 }
+
+/** One model call, as the tool loop sees it. */
+interface Turn<A> {
+  /** What the call returned (a completion, or a stream's assembled result). */
+  readonly value: A
+  readonly content: string | null
+  readonly toolCalls: ReadonlyArray<ToolCall>
+  readonly usage: Usage | undefined
+}
+
+/** How the loop ended: the usage of all its calls, its rounds, and the finish reason it imposes (if any). */
+interface Ending {
+  readonly usage: Usage | undefined
+  readonly rounds: ReadonlyArray<ToolRound>
+  readonly finishReason: string | undefined
+}
+
+type Assembled = ReturnType<StreamAccumulator["result"]>
 
 /** What a successful model call tells about itself. */
 interface CallSummary {

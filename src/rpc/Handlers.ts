@@ -86,7 +86,6 @@ const withRecord = <A, E, R>(
  * the request that started it does.
  */
 const makeStreamPush = Effect.gen(function*() {
-  const config = yield* AppConfig
   const chat = yield* Chat
   const { guard } = yield* Admission
   const resumable = yield* ResumableStreams
@@ -96,7 +95,7 @@ const makeStreamPush = Effect.gen(function*() {
     withRecord((record) => {
       const push = guardPush(guard, chat.push(request))
       const observed: Push.PushStream<ChatStreamEvent, AiBaseError> = record === undefined ? push : (sink) => {
-        record.requested(request.model ?? config.openai.model, request.messages)
+        record.requested(request.model ?? chat.defaults.model, request.messages)
         return push((event) => {
           record.onStreamEvent(event)
           return sink(event)
@@ -129,7 +128,7 @@ const rpcHandlers = AiBaseRpcs.toLayer(Effect.gen(function*() {
       withRecord((record) => {
         const completion = guard(chat.complete(request))
         if (record === undefined) return completion
-        record.requested(request.model ?? config.openai.model, request.messages)
+        record.requested(request.model ?? chat.defaults.model, request.messages)
         return Effect.tap(completion, (response) => record.onCompletion(response))
       }),
     ChatCompletionStream: (request) =>
@@ -185,7 +184,7 @@ const guardPush = <A, E>(
 ): Push.PushStream<A, E | OverloadedError> =>
 (sink) => guard(push(sink))
 
+/** The handlers of every Rpc, in both forms; they need the Chat service (see `Chat.layer`). */
 export const layer = Layer.merge(rpcHandlers, pushHandlers).pipe(
-  Layer.provide(Chat.layer),
   Layer.provide(Admission.layerConfig)
 )

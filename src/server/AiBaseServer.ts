@@ -16,6 +16,7 @@ import { Telemetry } from "../observability/Telemetry.js"
 import * as Tracing from "../observability/Tracing.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import * as Provider from "../openai/Provider.js"
+import { Chat } from "../rpc/Chat.js"
 import * as Handlers from "../rpc/Handlers.js"
 import * as BuiltinTools from "../tools/builtin/BuiltinTools.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
@@ -33,6 +34,12 @@ import * as WsRoute from "./WsRoute.js"
  * auth middleware, for an HttpRouter. Needs AppConfig, Hub, OpenAi,
  * ToolRegistry, Database, Ledger, Telemetry and Prometheus.
  */
+/** The chat engine with the configured defaults (OPENAI_MODEL, OPENAI_TEMPERATURE, OPENAI_MAX_TOKENS). */
+export const layerChat: Layer.Layer<Chat, never, AppConfig | OpenAi | ToolRegistry> = Layer.unwrapEffect(
+  Effect.map(AppConfig, ({ openai }) =>
+    Chat.layer({ model: openai.model, temperature: openai.temperature, maxTokens: openai.maxTokens }))
+)
+
 export const routes = Layer.mergeAll(
   WsRoute.layer,
   RpcRoute.layer,
@@ -41,7 +48,8 @@ export const routes = Layer.mergeAll(
   MetricsRoute.layer,
   Auth.layer
 ).pipe(
-  Layer.provide([Handlers.layer, WebSocketUpgrade.layer])
+  Layer.provide([Handlers.layer, WebSocketUpgrade.layer]),
+  Layer.provide(layerChat)
 )
 
 /** The tool registry with the built-in tools. */
@@ -81,16 +89,26 @@ export const layerObservability: Layer.Layer<Telemetry | Prometheus, ConfigError
   Prometheus.layerConfig
 )
 
-/** The default services: Hub, the tools, the provider chosen by LLM_PROVIDER, the database and the ledger. */
+/**
+ * The default services: Hub, the tools, the database and the ledger, and
+ * the model, which it takes from outside and passes on: provide
+ * `layerModel` (the provider chosen by LLM_PROVIDER) or your own
+ * `OpenAi` layer, `layerServices.pipe(Layer.provide(MyModel))`. Without a
+ * model the composition does not typecheck, so none is picked silently.
+ */
 export const layerServices: Layer.Layer<
   Hub | ToolRegistry | OpenAi | Ledger | Database | ResumableStreams,
   DatabaseError | ConfigError.ConfigError,
-  AppConfig
+  AppConfig | OpenAi
 > = Layer.mergeAll(
   layerTools,
-  Provider.layer,
+  // The model given, passed on to the routes.
+  Layer.effect(OpenAi, OpenAi),
   layerLedger
 ).pipe(Layer.provideMerge(Hub.layer))
+
+/** The model chosen by LLM_PROVIDER: the openai SDK, or the built-in offline model. */
+export const layerModel: Layer.Layer<OpenAi, never, AppConfig> = Provider.layer
 
 /** The Node HTTP server on SERVER_HOST:SERVER_PORT. */
 export const layerHttpServer = NodeServer.layerConfig
@@ -161,4 +179,8 @@ export const layerServer = withGracefulShutdown(
  * outermost: built before every other layer, so they all trace through it,
  * and released last, so that its buffered spans are sent at shutdown.
  */
-export const layer = layerServer.pipe(Layer.provide(layerServices), Layer.provide(Tracing.layerConfig))
+export const layer = layerServer.pipe(
+  Layer.provide(layerServices),
+  Layer.provide(layerModel),
+  Layer.provide(Tracing.layerConfig)
+)
