@@ -39,6 +39,8 @@ export * as Tracing from "./observability/Tracing.js"
 
 // the server
 export * as AiBaseServer from "./server/AiBaseServer.js"
+export * as Auth from "./server/Auth.js"
+export { Mount } from "./server/Mount.js"
 
 // protocol (also available alone as "aibase/protocol")
 export * from "./protocol/index.js"

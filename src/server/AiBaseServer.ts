@@ -23,34 +23,43 @@ import { ToolRegistry } from "../tools/ToolRegistry.js"
 import * as Auth from "./Auth.js"
 import * as HttpRoutes from "./HttpRoutes.js"
 import * as MetricsRoute from "./MetricsRoute.js"
+import { Mount } from "./Mount.js"
 import * as NodeServer from "./NodeServer.js"
 import * as RpcRoute from "./RpcRoute.js"
 import * as UsageRoute from "./UsageRoute.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 import * as WsRoute from "./WsRoute.js"
 
-/**
- * Every AIBase route (/ws, /rpc, /health, /info, /usage, /metrics) plus the
- * auth middleware, for an HttpRouter. Needs AppConfig, Hub, OpenAi,
- * ToolRegistry, Database, Ledger, Telemetry and Prometheus.
- */
 /** The chat engine with the configured defaults (OPENAI_MODEL, OPENAI_TEMPERATURE, OPENAI_MAX_TOKENS). */
 export const layerChat: Layer.Layer<Chat, never, AppConfig | OpenAi | ToolRegistry> = Layer.unwrapEffect(
   Effect.map(AppConfig, ({ openai }) =>
     Chat.layer({ model: openai.model, temperature: openai.temperature, maxTokens: openai.maxTokens }))
 )
 
+/** /metrics, behind AUTH_TOKENS unless METRICS_PUBLIC=true. */
+const metricsRoute = Layer.unwrapEffect(Effect.map(AppConfig, (config) =>
+  config.metricsPublic ? MetricsRoute.layer : MetricsRoute.layer.pipe(Layer.provide(Auth.layer))
+))
+
+/**
+ * Every AIBase route (/ws, /rpc, /health, /info, /usage, /metrics, the
+ * console), for an HttpRouter, at the root or under the `Mount` provided
+ * (see `routesAt`). AIBase's auth guards AIBase's routes only, /health and
+ * the console's page excepted; the host's routes stay as the host made
+ * them (see `Auth.middleware`). Needs AppConfig, Hub, OpenAi, ToolRegistry,
+ * Database, Ledger, ResumableStreams, Telemetry and Prometheus.
+ */
 export const routes = Layer.mergeAll(
-  WsRoute.layer,
-  RpcRoute.layer,
-  HttpRoutes.layer,
-  UsageRoute.layer,
-  MetricsRoute.layer,
-  Auth.layer
+  HttpRoutes.layerHealth,
+  Layer.mergeAll(WsRoute.layer, RpcRoute.layer, HttpRoutes.layerInfo, UsageRoute.layer).pipe(Layer.provide(Auth.layer)),
+  metricsRoute
 ).pipe(
   Layer.provide([Handlers.layer, WebSocketUpgrade.layer]),
   Layer.provide(layerChat)
 )
+
+/** `routes` under a path prefix: `routesAt("/ai")` serves /ai/ws, /ai/health..., and /info says so. */
+export const routesAt = (prefix: string) => routes.pipe(Layer.provide(Mount.layer(prefix)))
 
 /** The tool registry with the built-in tools. */
 export const layerTools: Layer.Layer<ToolRegistry, never, AppConfig> = BuiltinTools.layer.pipe(

@@ -1,6 +1,6 @@
 /**
- * Bearer-token authentication. With AUTH_TOKENS (or ADMIN_TOKENS) set, every endpoint except
- * /health, the console's page and assets (and /metrics with METRICS_PUBLIC) needs `Authorization: Bearer TOKEN` or `?token=TOKEN` (browsers
+ * Bearer-token authentication. With AUTH_TOKENS (or ADMIN_TOKENS) set, every AIBase endpoint
+ * except /health, the console's page and assets (and /metrics with METRICS_PUBLIC) needs `Authorization: Bearer TOKEN` or `?token=TOKEN` (browsers
  * cannot set headers on a WebSocket). Tokens are compared in constant time
  * and never logged.
  */
@@ -11,9 +11,6 @@ import { AppConfig, type AppConfigShape } from "../config/AppConfig.js"
 import * as Principal from "../ledger/Principal.js"
 
 /** Paths that stay open with auth on, so that load balancers can probe them. */
-/** Open without a token: the health check, and the console's page and static assets (they hold no data). */
-const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/health", "/"])
-const PUBLIC_PREFIX = "/console/assets/"
 
 const digest = (token: string): Buffer => createHash("sha256").update(token).digest()
 
@@ -76,18 +73,20 @@ const unauthorized = HttpServerResponse.unsafeJson(unauthorizedBody, {
   headers: { "www-authenticate": "Bearer" }
 })
 
-/** Global middleware enforcing AUTH_TOKENS; a no-op when none are configured. */
-export const layer = HttpLayerRouter.middleware(
+/**
+ * AUTH_TOKENS as router middleware, for the routes it is provided to (a
+ * no-op when no tokens are configured). AIBase provides it to its own routes
+ * except /health and the console's page; a host may provide it to its own
+ * routes too: `MyRoutes.pipe(Layer.provide(Auth.middleware.layer))`.
+ */
+export const middleware = HttpLayerRouter.middleware(
   Effect.gen(function*() {
-    const config = yield* AppConfig
-    const policy = makePolicy(config)
-    const isPublic = (path: string) =>
-      PUBLIC_PATHS.has(path) || path.startsWith(PUBLIC_PREFIX) || (config.metricsPublic && path === "/metrics")
+    const policy = makePolicy(yield* AppConfig)
     return (httpEffect) =>
-      !policy.required ? httpEffect : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-        const path = new URL(request.url, "http://localhost").pathname
-        return isPublic(path) || policy.check(presentedToken(request)) ? httpEffect : Effect.succeed(unauthorized)
-      })
-  }),
-  { global: true }
+      !policy.required ? httpEffect : Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+        policy.check(presentedToken(request)) ? httpEffect : Effect.succeed(unauthorized))
+  })
 )
+
+/** The middleware as a Layer, to provide to route layers. */
+export const layer = middleware.layer

@@ -1,5 +1,6 @@
 /**
- * GET /health and GET /info.
+ * GET /health (public) and GET /info (behind the auth middleware when it is
+ * provided), at the paths of the `Mount`.
  */
 import { HttpLayerRouter, HttpServerResponse } from "@effect/platform"
 import { Clock, Duration, Effect, Layer, Schema } from "effect"
@@ -11,6 +12,8 @@ import { Ledger } from "../ledger/Ledger.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import { WireNames } from "../protocol/Rpcs.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
+import * as Mount from "./Mount.js"
+import type { MountShape } from "./Mount.js"
 
 const PackageJson = Schema.Struct({ name: Schema.String, version: Schema.String })
 
@@ -27,22 +30,38 @@ export const publicUrl = (url: string): string => {
   return parsed.href.replace(/\/+$/, "")
 }
 
-export const Endpoints = { websocket: "/ws", rpc: "/rpc", health: "/health", info: "/info", usage: "/usage" } as const
+/** AIBase's endpoints at the root; `endpointsAt` gives them under a mount. */
+export const Endpoints = {
+  websocket: "/ws",
+  rpc: "/rpc",
+  health: "/health",
+  info: "/info",
+  usage: "/usage",
+  metrics: "/metrics",
+  console: "/"
+} as const
 
-/** Both routes, registered on the application's HttpRouter. */
-export const layer = Layer.effectDiscard(Effect.gen(function*() {
+/** The endpoints under a mount, as /info reports them. */
+export const endpointsAt = (mount: MountShape): Record<keyof typeof Endpoints, Mount.Path> => ({
+  websocket: Mount.path(mount, Endpoints.websocket),
+  rpc: Mount.path(mount, Endpoints.rpc),
+  health: Mount.path(mount, Endpoints.health),
+  info: Mount.path(mount, Endpoints.info),
+  usage: Mount.path(mount, Endpoints.usage),
+  metrics: Mount.path(mount, Endpoints.metrics),
+  console: Mount.path(mount, "/")
+})
+
+/** GET /health: never behind auth (load balancers and orchestrators call it). */
+export const layerHealth = Layer.effectDiscard(Effect.gen(function*() {
   const router = yield* HttpLayerRouter.HttpRouter
-  const config = yield* AppConfig
   const hub = yield* Hub
-  const openai = yield* OpenAi
-  const registry = yield* ToolRegistry
-  const database = yield* Database
-  const ledger = yield* Ledger
+  const mount = yield* Mount.Mount
   const startedAt = yield* Clock.currentTimeMillis
 
   yield* router.add(
     "GET",
-    Endpoints.health,
+    Mount.path(mount, Endpoints.health),
     Effect.gen(function*() {
       const stats = yield* hub.stats
       if (stats.draining) return HttpServerResponse.unsafeJson({ status: "shutting_down" }, { status: 503 })
@@ -56,9 +75,23 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     })
   )
 
+}))
+
+/** GET /info. */
+export const layerInfo = Layer.effectDiscard(Effect.gen(function*() {
+  const router = yield* HttpLayerRouter.HttpRouter
+  const config = yield* AppConfig
+  const hub = yield* Hub
+  const openai = yield* OpenAi
+  const registry = yield* ToolRegistry
+  const database = yield* Database
+  const ledger = yield* Ledger
+  const mount = yield* Mount.Mount
+  const endpoints = endpointsAt(mount)
+
   yield* router.add(
     "GET",
-    Endpoints.info,
+    endpoints.info,
     Effect.gen(function*() {
       const tools = yield* registry.definitions
       const stats = yield* hub.stats
@@ -90,7 +123,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
         // The type only: a location could carry credentials.
         database: { type: database.type, usage_recorded: ledger.enabled, store_content: ledger.storesContent },
         auth_required: config.authTokens.length + config.adminTokens.length > 0,
-        endpoints: Endpoints,
+        endpoints,
         request_types: [...Object.values(WireNames).map((names) => names.request), "cancel"],
         tools: tools.map((tool) => tool.name),
         clients: stats.clients

@@ -1,14 +1,16 @@
 /**
  * GET /metrics: Prometheus' scrape of every metric (see observability/).
- * Behind AUTH_TOKENS like the other endpoints unless METRICS_PUBLIC=true.
+ * Behind AUTH_TOKENS like the other endpoints unless METRICS_PUBLIC=true
+ * (see `AiBaseServer.routes`).
  */
 import { HttpLayerRouter, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { Hub } from "../hub/Hub.js"
 import * as Metrics from "../observability/Metrics.js"
 import { CONTENT_TYPE, Prometheus } from "../observability/Prometheus.js"
+import * as Mount from "./Mount.js"
 
-export const PATH = "/metrics"
+export const PATH = "/metrics" as const
 
 export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const router = yield* HttpLayerRouter.HttpRouter
@@ -23,7 +25,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   })
   yield* router.add(
     "GET",
-    PATH,
+    Mount.path(yield* Mount.Mount, PATH),
     Effect.zipRight(sampleConnections, prometheus.scrape).pipe(
       Effect.map((text) => HttpServerResponse.text(text, { contentType: CONTENT_TYPE }))
     )

@@ -12,8 +12,9 @@ import { AppConfig } from "../config/AppConfig.js"
 import { Ledger } from "../ledger/Ledger.js"
 import { GROUPS, type Group, type UsageQuery } from "../ledger/Usage.js"
 import * as Auth from "./Auth.js"
+import * as Mount from "./Mount.js"
 
-export const PATH = "/usage"
+export const PATH = "/usage" as const
 
 const DAY_MS = 86_400_000
 
@@ -43,7 +44,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
 
   yield* router.add(
     "GET",
-    PATH,
+    Mount.path(yield* Mount.Mount, PATH),
     Effect.gen(function*() {
       if (!ledger.enabled) {
         return HttpServerResponse.unsafeJson(

@@ -8,10 +8,11 @@ import { Hub } from "../hub/Hub.js"
 import { INSTANCE } from "../ledger/Ledger.js"
 import { Telemetry } from "../observability/Telemetry.js"
 import * as Envelope from "./Envelope.js"
+import * as Mount from "./Mount.js"
 import { WebSocketUpgrade } from "./WebSocketUpgrade.js"
 import * as WsConnection from "./WsConnection.js"
 
-export const PATH = "/ws"
+export const PATH = "/ws" as const
 
 export const layer = Layer.scopedDiscard(Effect.gen(function*() {
   const router = yield* HttpLayerRouter.HttpRouter
@@ -42,7 +43,8 @@ export const layer = Layer.scopedDiscard(Effect.gen(function*() {
     }
   }
 
-  yield* upgrader.endpoint(PATH, "ws", (ws, membership, principal) =>
+  const path = Mount.path(yield* Mount.Mount, PATH)
+  yield* upgrader.endpoint(path, "ws", (ws, membership, principal) =>
     WsConnection.serve(ws, membership, { transport: "ws", connectionId: `${INSTANCE}/${membership.id}`, principal }, options))
-  yield* router.add("GET", PATH, upgrader.route(PATH))
+  yield* router.add("GET", path, upgrader.route(path))
 }))

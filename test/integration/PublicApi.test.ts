@@ -7,7 +7,7 @@
 import { HttpLayerRouter, HttpServer, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { AiBaseServer, AppConfig, Hub, OfflineModel, OpenAi, Tool } from "aibase"
+import { AiBaseServer, AppConfig, Auth, Hub, OfflineModel, OpenAi, Tool } from "aibase"
 import { Effect, Layer, ManagedRuntime, Schema } from "effect"
 import { createServer } from "node:http"
 import * as WsClient from "../support/WsClient.js"
@@ -105,5 +105,52 @@ describe("the public API", () => {
       expect(closed.code).toBe(1001)
       const refused = yield* Effect.promise(() => fetch(`http://127.0.0.1:${port}/hello`).then(() => "served", () => "refused"))
       expect(refused).toBe("refused")
+    }))
+
+  it.live("an app mounts AIBase under a prefix next to its own /health; AIBase's auth covers AIBase's routes only", () =>
+    Effect.gen(function*() {
+      const token = "mount-token-0123456789"
+      const HostHealth = HttpLayerRouter.add("GET", "/health", HttpServerResponse.json({ host: "healthy" }))
+      // The host opts in to AIBase's auth for a route of its own.
+      const HostPrivate = HttpLayerRouter.add("GET", "/private", HttpServerResponse.json({ secret: "ok" })).pipe(
+        Layer.provide(Auth.middleware.layer)
+      )
+      const Mounted = HttpLayerRouter.serve(
+        Layer.mergeAll(HostHealth, HelloRoute, HostPrivate, AiBaseServer.routesAt("/ai")),
+        { disableLogger: true }
+      ).pipe(
+        Layer.provideMerge(NodeHttpServer.layer(createServer, { host: "127.0.0.1", port: 0 })),
+        Layer.provide(AiBaseServer.layerObservability),
+        Layer.provideMerge(Layer.mergeAll(AiBaseServer.layerTools, CannedModel, AiBaseServer.layerNoLedger)),
+        Layer.provideMerge(Hub.layer),
+        Layer.provideMerge(AppConfig.layerFromEnv({ AUTH_TOKENS: token, OFFLINE_WORD_DELAY_MS: "0", LOG_LEVEL: "warning" })),
+        Layer.orDie
+      )
+      yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(Mounted)
+        const port = yield* portOf.pipe(Effect.provide(context))
+        const get = (path: string, withToken = false) =>
+          Effect.promise(async () => {
+            const response = await fetch(`http://127.0.0.1:${port}${path}`, withToken ? { headers: { authorization: `Bearer ${token}` } } : {})
+            return { status: response.status, body: await response.json() }
+          })
+
+        expect(yield* get("/health")).toEqual({ status: 200, body: { host: "healthy" } })
+        expect(yield* get("/hello")).toEqual({ status: 200, body: { hello: "from the app" } })
+        expect((yield* get("/ai/health")).status).toBe(200)
+        expect((yield* get("/ai/info")).status).toBe(401)
+        expect((yield* get("/private")).status).toBe(401)
+        expect((yield* get("/private", true)).status).toBe(200)
+        const info = yield* get("/ai/info", true)
+        expect(info.body).toMatchObject({
+          endpoints: { websocket: "/ai/ws", rpc: "/ai/rpc", health: "/ai/health", info: "/ai/info", usage: "/ai/usage" }
+        })
+
+        const client = yield* WsClient.connect(`ws://127.0.0.1:${port}/ai/ws?token=${token}`)
+        const [pong] = yield* client.request({ type: "ping", request_id: "p" })
+        expect(pong?.type).toBe("pong")
+        const refused = yield* Effect.flip(WsClient.connect(`ws://127.0.0.1:${port}/ai/ws`))
+        expect(refused.message).toContain("401")
+      }))
     }))
 })
