@@ -33,6 +33,23 @@ export const chatDefaults = Config.all({
   temperature: withDefault("OPENAI_TEMPERATURE", Schema.NumberFromString.pipe(Schema.between(0, 2)), 0.7)
 })
 
+/**
+ * How to reach the model provider: OPENAI_API_KEY (none when unset or
+ * blank), OPENAI_BASE_URL, OPENAI_TIMEOUT_SECONDS, OPENAI_MAX_RETRIES, for
+ * `OpenAiSdk.layerConfig`.
+ */
+export const openaiConnection = Config.all({
+  apiKey: Config.option(Config.redacted("OPENAI_API_KEY")).pipe(
+    Config.map(Option.filter((key) => Redacted.value(key).trim().length > 0))
+  ),
+  baseUrl: Config.url("OPENAI_BASE_URL").pipe(
+    Config.withDefault(new URL("https://api.openai.com/v1")),
+    Config.map((url) => url.href.replace(/\/+$/, ""))
+  ),
+  timeout: seconds("OPENAI_TIMEOUT_SECONDS", 60),
+  maxRetries: withDefault("OPENAI_MAX_RETRIES", NonNegativeInt.pipe(Schema.lessThanOrEqualTo(10)), 2)
+})
+
 export type ProviderChoice = "auto" | "openai" | "offline"
 export type Provider = "openai" | "offline"
 export type LogFormat = "pretty" | "json"
@@ -63,17 +80,9 @@ const config = Config.all({
   }),
   openai: Config.all({
     chatDefaults,
-    apiKey: Config.option(Config.redacted("OPENAI_API_KEY")).pipe(
-      Config.map(Option.filter((key) => Redacted.value(key).trim().length > 0))
-    ),
-    baseUrl: Config.url("OPENAI_BASE_URL").pipe(
-      Config.withDefault(new URL("https://api.openai.com/v1")),
-      Config.map((url) => url.href.replace(/\/+$/, ""))
-    ),
-    embeddingModel: Config.string("OPENAI_EMBEDDING_MODEL").pipe(Config.withDefault("text-embedding-3-small")),
-    timeout: seconds("OPENAI_TIMEOUT_SECONDS", 60),
-    maxRetries: withDefault("OPENAI_MAX_RETRIES", NonNegativeInt.pipe(Schema.lessThanOrEqualTo(10)), 2)
-  }).pipe(Config.map(({ chatDefaults, ...rest }) => ({ ...chatDefaults, ...rest }))),
+    openaiConnection,
+    embeddingModel: Config.string("OPENAI_EMBEDDING_MODEL").pipe(Config.withDefault("text-embedding-3-small"))
+  }).pipe(Config.map(({ chatDefaults, openaiConnection, ...rest }) => ({ ...chatDefaults, ...openaiConnection, ...rest }))),
   providerChoice: withDefault("LLM_PROVIDER", Schema.Literal("auto", "openai", "offline"), "auto"),
   offline: Config.all({
     embeddingDimensions: withDefault("OFFLINE_EMBEDDING_DIMENSIONS", PositiveInt.pipe(Schema.lessThanOrEqualTo(4096)), 256),

@@ -31,6 +31,11 @@ export class ConnectionRefused extends Data.TaggedError("ConnectionRefused")<{
   }
 }
 
+export interface HubOptions {
+  /** Connections held at once (MAX_CONNECTIONS); more are refused. Default 10,000. */
+  readonly maxConnections?: number | undefined
+}
+
 export interface Stats {
   readonly clients: number
   readonly clientsByTransport: Readonly<Record<Transport, number>>
@@ -103,9 +108,8 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
    */
   readonly drain: (grace: Duration.DurationInput) => Effect.Effect<void>
 }>() {
-  static readonly make = Effect.gen(function*() {
-    const config = yield* AppConfig
-    const maxConnections = config.limits.maxConnections
+  static readonly make = (options: HubOptions = {}) => Effect.gen(function*() {
+    const maxConnections = options.maxConnections ?? 10_000
     const members = new Map<number, { readonly transport: Transport; close: Effect.Effect<void> }>()
     // The fibers running requests. Plain mutable state: it is touched on
     // every request, and JavaScript runs one fiber step at a time.
@@ -222,5 +226,10 @@ export class Hub extends Context.Tag("aibase/Hub")<Hub, {
     return Hub.of({ connect, unsafeConnect, track, unsafeTrack, stats: Effect.sync(unsafeStats), unsafeStats, drain })
   })
 
-  static readonly layer: Layer.Layer<Hub, never, AppConfig> = Layer.effect(Hub, Hub.make)
+  static readonly layer = (options: HubOptions = {}): Layer.Layer<Hub> => Layer.effect(Hub, Hub.make(options))
+
+  /** MAX_CONNECTIONS, from AppConfig (the standalone server's assembly). */
+  static readonly layerFromAppConfig: Layer.Layer<Hub, never, AppConfig> = Layer.unwrapEffect(
+    Effect.map(AppConfig, (config) => Hub.layer({ maxConnections: config.limits.maxConnections }))
+  )
 }

@@ -7,11 +7,11 @@
  * request at once, Schema decoding of what comes back, an idle timeout on
  * streams, and the mapping of SDK errors onto the protocol's categories.
  */
-import { Duration, Effect, Either, Layer, Option, type ParseResult, Redacted, Schema } from "effect"
+import { ConfigError, Duration, Effect, Either, Layer, Option, type ParseResult, Redacted, Schema } from "effect"
 import type { IncomingMessage } from "node:http"
 import { StringDecoder } from "node:string_decoder"
 import OpenAI, { type APIError } from "openai"
-import { AppConfig } from "../config/AppConfig.js"
+import { AppConfig, openaiConnection } from "../config/AppConfig.js"
 import { ChatCompletion, ChatCompletionChunk, isPlainTextChunk, type UpstreamChatRequest } from "../protocol/Chat.js"
 import { EmbeddingResponse, type UpstreamEmbeddingRequest } from "../protocol/Embedding.js"
 import {
@@ -211,22 +211,27 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
   })
 })
 
-/** Provides `OpenAi` from AppConfig's OPENAI_* settings (the key must be set). */
-export const layer: Layer.Layer<OpenAi, never, AppConfig> = Layer.scoped(
-  OpenAi,
-  Effect.gen(function*() {
-    const config = yield* AppConfig
-    const apiKey = yield* Option.match(config.openai.apiKey, {
-      onNone: () => Effect.dieMessage("OpenAiSdk.layer needs OPENAI_API_KEY"),
-      onSome: Effect.succeed
-    })
-    return yield* make({
-      apiKey,
-      baseUrl: config.openai.baseUrl,
-      timeout: config.openai.timeout,
-      maxRetries: config.openai.maxRetries
-    })
-  })
+/** The openai SDK as the model provider. */
+export const layer = (options: Options): Layer.Layer<OpenAi> => Layer.scoped(OpenAi, make(options))
+
+const missingKey = ConfigError.MissingData(["OPENAI_API_KEY"], "The openai provider needs OPENAI_API_KEY")
+
+/**
+ * The provider from OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_TIMEOUT_SECONDS
+ * and OPENAI_MAX_RETRIES; without a key, startup fails with a ConfigError.
+ */
+export const layerConfig: Layer.Layer<OpenAi, ConfigError.ConfigError> = Layer.unwrapEffect(
+  Effect.flatMap(openaiConnection, ({ apiKey, ...options }) =>
+    Option.match(apiKey, { onNone: () => Effect.fail(missingKey), onSome: (key) => Effect.succeed(layer({ apiKey: key, ...options })) }))
+)
+
+/** The provider from AppConfig (the form the standalone server assembles). */
+export const layerFromAppConfig: Layer.Layer<OpenAi, ConfigError.ConfigError, AppConfig> = Layer.unwrapEffect(
+  Effect.flatMap(AppConfig, ({ openai: { apiKey, baseUrl, maxRetries, timeout } }) =>
+    Option.match(apiKey, {
+      onNone: () => Effect.fail(missingKey),
+      onSome: (key) => Effect.succeed(layer({ apiKey: key, baseUrl, timeout, maxRetries }))
+    }))
 )
 
 /** Maps SDK failures onto the protocol's categories, scrubbing secrets from messages. */

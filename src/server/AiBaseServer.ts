@@ -114,10 +114,10 @@ export const layerServices: Layer.Layer<
   // The model given, passed on to the routes.
   Layer.effect(OpenAi, OpenAi),
   layerLedger
-).pipe(Layer.provideMerge(Hub.layer))
+).pipe(Layer.provideMerge(Hub.layerFromAppConfig))
 
 /** The model chosen by LLM_PROVIDER: the openai SDK, or the built-in offline model. */
-export const layerModel: Layer.Layer<OpenAi, never, AppConfig> = Provider.layer
+export const layerModel: Layer.Layer<OpenAi, ConfigError.ConfigError, AppConfig> = Provider.layer
 
 /** The Node HTTP server on SERVER_HOST:SERVER_PORT. */
 export const layerHttpServer = NodeServer.layerConfig

@@ -65,7 +65,8 @@ describe("an in-memory RPC client over the handlers", () => {
     Layer.provideMerge(Chat.layer({ model: "gpt-4o-mini" })),
     Layer.provideMerge(Telemetry.layer({ requestLog: false })),
     Layer.provideMerge(Layer.mergeAll(AiBaseServer.layerTools, HostModel, AiBaseServer.layerNoLedger)),
-    Layer.provideMerge(Hub.layer),
+    // Services take typed options; AppConfig is read where the standalone server is assembled.
+    Layer.provideMerge(Hub.layer({ maxConnections: 10 })),
     Layer.provide(AppConfig.layerFromEnv(env))
   )
 

@@ -50,7 +50,7 @@ const App = AiBaseServer.withGracefulShutdown(
   Layer.provide(Tool.toLayer(Shout)),
   Layer.provide(AiBaseServer.layerObservability),
   Layer.provideMerge(Layer.mergeAll(AiBaseServer.layerTools, CannedModel, AiBaseServer.layerNoLedger)),
-  Layer.provideMerge(Hub.layer),
+  Layer.provideMerge(Hub.layerFromAppConfig),
   Layer.provideMerge(AppConfig.layerFromEnv({ SHUTDOWN_GRACE_SECONDS: "1", OFFLINE_WORD_DELAY_MS: "100", LOG_LEVEL: "warning" })),
   Layer.orDie
 )
@@ -122,7 +122,7 @@ describe("the public API", () => {
         Layer.provideMerge(NodeHttpServer.layer(createServer, { host: "127.0.0.1", port: 0 })),
         Layer.provide(AiBaseServer.layerObservability),
         Layer.provideMerge(Layer.mergeAll(AiBaseServer.layerTools, CannedModel, AiBaseServer.layerNoLedger)),
-        Layer.provideMerge(Hub.layer),
+        Layer.provideMerge(Hub.layerFromAppConfig),
         Layer.provideMerge(AppConfig.layerFromEnv({ AUTH_TOKENS: token, OFFLINE_WORD_DELAY_MS: "0", LOG_LEVEL: "warning" })),
         Layer.orDie
       )

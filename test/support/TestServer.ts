@@ -41,7 +41,7 @@ export const withTools = <Tools>(tools: Layer.Layer<Tools, never, AppConfig>, op
     Layer.provideMerge(AiBaseServer.layerLedger.pipe(
       Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
     )),
-    Layer.provideMerge(Hub.layer),
+    Layer.provideMerge(Hub.layerFromAppConfig),
     Layer.provide(Logging.layer),
     Layer.provideMerge(AppConfig.layerFromEnv(env)),
     Layer.orDie
@@ -61,7 +61,7 @@ export const withToolsAndFakeUpstream = <Tools>(tools: Layer.Layer<Tools, never,
         OPENAI_MAX_RETRIES: "0",
         ...env
       },
-      openai: OpenAiSdk.layer
+      openai: Layer.orDie(OpenAiSdk.layerFromAppConfig)
     }))).pipe(Layer.provideMerge(FakeOpenAIService.Default))
 
 /** The server with the built-in tools against a fake OpenAI upstream. */

@@ -17,7 +17,7 @@ const awaitStarted = (started: Deferred.Deferred<void>) =>
 
 const provideHub = (env: Record<string, string> = {}) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-    effect.pipe(Effect.provide(Hub.layer), Effect.provide(AppConfig.layerFromEnv(env)))
+    effect.pipe(Effect.provide(Hub.layerFromAppConfig), Effect.provide(AppConfig.layerFromEnv(env)))
 
 describe("Hub", () => {
   it.scoped("admits connections up to MAX_CONNECTIONS and counts them while their scope lives", () =>
