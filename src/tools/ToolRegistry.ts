@@ -2,14 +2,16 @@
  * The tools the server can run, and the one place tool calls are executed.
  *
  * The registry is a service instance, not a global: tools join it through
- * Layers (`Tool.toLayer`) and leave when their Layer's scope closes.
+ * Layers (`ToolRegistry.layerTool`) and leave when their Layer's scope closes.
+ * A tool's result becomes the tool message's content: a string as it is, a
+ * structured result encoded to JSON with the tool's `success` Schema.
  */
-import { Context, Duration, Effect, Layer, Option, Schema, Scope } from "effect"
+import { Context, Duration, Effect, Layer, Option, Schema, type Scope } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../protocol/JsonDepth.js"
 import { describeParseError } from "../protocol/Validation.js"
 import type { ToolCall, ToolDefinition, ToolResult } from "../protocol/Tools.js"
-import * as Tool from "./Tool.js"
+import * as Tool from "./ToolCore.js"
 
 /** A registered tool with its types erased: JSON arguments in, text out. */
 interface Entry {
@@ -19,7 +21,7 @@ interface Entry {
 
 export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistry, {
   /** Adds a tool until the current scope closes. Dies if the name is taken. */
-  readonly register: <A, I, R>(tool: Tool.Tool<A, I, R>) => Effect.Effect<void, never, Scope.Scope | R>
+  readonly register: <A, I, R, S, SI>(tool: Tool.Tool<A, I, R, S, SI>) => Effect.Effect<void, never, Scope.Scope | R>
   readonly definitions: Effect.Effect<ReadonlyArray<ToolDefinition>>
   readonly lookup: (name: string) => Effect.Effect<Option.Option<ToolDefinition>>
   /**
@@ -32,11 +34,12 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
     const config = yield* AppConfig
     const entries = new Map<string, Entry>()
 
-    const register = <A, I, R>(tool: Tool.Tool<A, I, R>): Effect.Effect<void, never, Scope.Scope | R> =>
+    const register = <A, I, R, S, SI>(tool: Tool.Tool<A, I, R, S, SI>): Effect.Effect<void, never, Scope.Scope | R> =>
       Effect.gen(function*() {
         const context = yield* Effect.context<R>()
         const decode = Schema.decodeUnknown(tool.parameters, { errors: "all" })
         const invalid = (why: string) => new Tool.ToolError({ message: `Invalid arguments for ${tool.name}: ${why}` })
+        const execute = contentOf(tool)
         const entry: Entry = {
           definition: Tool.definition(tool),
           run: (argumentsJson) =>
@@ -53,7 +56,7 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
               }
               return decode(json).pipe(Effect.mapError((error) => invalid(describeParseError(error))))
             }).pipe(
-              Effect.flatMap(tool.execute),
+              Effect.flatMap(execute),
               Effect.provide(context)
             )
         }
@@ -117,6 +120,29 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
     })
   })
 
-  /** An empty registry; tools join it through `Tool.toLayer`. */
+  /** An empty registry; tools join it through `ToolRegistry.layerTool`. */
   static readonly layer: Layer.Layer<ToolRegistry, never, AppConfig> = Layer.effect(ToolRegistry, ToolRegistry.make)
+
+  /**
+   * A Layer that adds a tool to the registry for as long as the Layer lives.
+   * This is how an application contributes its own tool: no edits, no
+   * globals. The services the tool needs become the Layer's requirements.
+   */
+  static readonly layerTool = <A, I, R, S, SI>(tool: Tool.Tool<A, I, R, S, SI>): Layer.Layer<never, never, ToolRegistry | R> =>
+    Layer.scopedDiscard(Effect.flatMap(ToolRegistry, (registry) => registry.register(tool)))
+}
+
+/** A tool's `execute` with its result as the tool message's content. */
+const contentOf = <A, I, R, S, SI>(tool: Tool.Tool<A, I, R, S, SI>): (args: A) => Effect.Effect<string, Tool.ToolError, R> => {
+  if (tool.success === undefined) return tool.execute
+  const encode = Schema.encode(Schema.parseJson(tool.success))
+  const { execute, name } = tool
+  // A result its own Schema rejects is the tool's failure, reported to the model like any other.
+  return (args) =>
+    Effect.flatMap(execute(args), (value) =>
+      encode(value).pipe(
+        Effect.mapError((error) =>
+          new Tool.ToolError({ message: `${name} returned a result that does not match its schema: ${describeParseError(error)}` })
+        )
+      ))
 }

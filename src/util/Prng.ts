@@ -1,7 +1,7 @@
 /**
  * mulberry32: a tiny seeded pseudo-random generator. Not for secrets: for
  * deterministic output that looks random (the offline model's vectors, the
- * soak run's replayable traffic).
+ * sample weather, the soak run's replayable traffic).
  */
 export const mulberry32 = (seed: number): () => number => {
   let state = seed >>> 0

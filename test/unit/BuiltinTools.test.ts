@@ -10,8 +10,13 @@ import { getWeather } from "../../src/tools/builtin/Weather.js"
 const runWeather = (args: unknown) =>
   Schema.decodeUnknown(getWeather.parameters)(args).pipe(Effect.orDie, Effect.flatMap(getWeather.execute))
 
+/** get_current_time's result is structured: encoded with its success Schema to the JSON the model reads. */
 const runTime = (args: unknown) =>
-  Schema.decodeUnknown(getCurrentTime.parameters)(args).pipe(Effect.orDie, Effect.flatMap(getCurrentTime.execute))
+  Schema.decodeUnknown(getCurrentTime.parameters)(args).pipe(
+    Effect.orDie,
+    Effect.flatMap(getCurrentTime.execute),
+    Effect.flatMap((result) => Schema.encode(Schema.parseJson(getCurrentTime.success))(result).pipe(Effect.orDie))
+  )
 
 const weatherLine =
   /^Sample data \(not a live forecast\): Weather in (.+): (-?\d+)°([CF]), ([a-z ]+), humidity (\d+)%, wind (\d+) km\/h$/
@@ -145,6 +150,15 @@ describe("get_current_time", () => {
       })
       // Case is fixed to the canonical spelling.
       expect(JSON.parse(yield* runTime({ timezone: "asia/tokyo" }))).toMatchObject({ timezone: "Asia/Tokyo" })
+    }))
+
+  it.effect("its JSON has the fields in a fixed order, as the model has always read them", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(instant)
+      expect(yield* runTime({ timezone: "Asia/Tokyo" })).toBe(
+        "{\"timezone\":\"Asia/Tokyo\",\"iso\":\"2026-11-25T18:00:00.000Z\"," +
+          "\"local\":\"Thursday, November 26, 2026 at 03:00:00 GMT+9\",\"utc_offset\":\"+09:00\"}"
+      )
     }))
 
   it.effect("fails with a ToolError naming an unknown timezone", () =>

@@ -1,4 +1,4 @@
-/** Tests for the ToolRegistry: definitions, execution, errors, timeouts, interruption and Layer-based registration. */
+/** Tests for the ToolRegistry: definitions, execution, structured results, errors, timeouts, interruption and Layer-based registration. */
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schema, Scope, TestClock } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
@@ -90,6 +90,55 @@ describe("ToolRegistry", () => {
       expect(time.is_error).toBe(false)
       expect(JSON.parse(time.content)).toMatchObject({ timezone: "UTC", iso: "2030-01-01T12:00:00.000Z" })
     }).pipe(Effect.provide(WithBuiltins)))
+
+  /** A structured tool: its result is encoded with its success Schema (a Date becomes an ISO string). */
+  const inventory = Tool.make({
+    name: "inventory",
+    description: "Counts the items on a shelf",
+    parameters: Schema.Struct({ shelf: Schema.String }),
+    success: Schema.Struct({ shelf: Schema.String, count: Schema.Int, checkedAt: Schema.Date }),
+    execute: ({ shelf }) =>
+      Effect.succeed({ shelf, count: shelf === "broken" ? 1.5 : 3, checkedAt: new Date(Date.UTC(2030, 0, 1)) })
+  })
+
+  it.effect("encodes a structured result with the tool's success Schema to JSON content", () =>
+    Effect.gen(function*() {
+      const result = yield* execute("inventory", { shelf: "A1" })
+      expect(result).toEqual({
+        tool_call_id: "call_1",
+        content: "{\"shelf\":\"A1\",\"count\":3,\"checkedAt\":\"2030-01-01T00:00:00.000Z\"}",
+        is_error: false
+      })
+      // The model sees the parameters only: the success Schema is not part of the definition.
+      const definition = Option.getOrThrow(yield* Effect.flatMap(ToolRegistry, (registry) => registry.lookup("inventory")))
+      expect(definition.parameters).toMatchObject({ required: ["shelf"] })
+      expect(JSON.stringify(definition)).not.toContain("checkedAt")
+    }).pipe(Effect.provide(ToolRegistry.layerTool(inventory).pipe(Layer.provideMerge(Registry)))))
+
+  it.effect("a result its success Schema cannot encode is a tool error, not a defect", () =>
+    Effect.gen(function*() {
+      const result = yield* execute("inventory", { shelf: "broken" })
+      expectError(result, "inventory returned a result that does not match its schema", "count")
+      expect(result.tool_call_id).toBe("call_1")
+    }).pipe(Effect.provide(ToolRegistry.layerTool(inventory).pipe(Layer.provideMerge(Registry)))))
+
+  it("types execute by the success Schema, and as a string without one", () => {
+    Tool.make({
+      name: "typed",
+      description: "",
+      parameters: Schema.Struct({}),
+      success: Schema.Struct({ n: Schema.Number }),
+      // @ts-expect-error: the result must match the success Schema's type
+      execute: () => Effect.succeed({ n: "one" })
+    })
+    // @ts-expect-error: without a success Schema, the result is the content string
+    Tool.make({
+      name: "plain",
+      description: "",
+      parameters: Schema.Struct({}),
+      execute: () => Effect.succeed({ n: 1 })
+    })
+  })
 
   it.effect("reports an unknown tool with the available ones", () =>
     Effect.gen(function*() {

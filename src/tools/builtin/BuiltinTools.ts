@@ -1,7 +1,6 @@
 /** The tools AIBase ships with, as one Layer that registers them all in the ToolRegistry. */
 import { Layer } from "effect"
-import * as Tool from "../Tool.js"
-import type { ToolRegistry } from "../ToolRegistry.js"
+import { ToolRegistry } from "../ToolRegistry.js"
 import { calculator } from "./Calculator.js"
 import { getCurrentTime } from "./CurrentTime.js"
 import { getWeather } from "./Weather.js"
@@ -10,7 +9,7 @@ export const tools = [calculator, getWeather, getCurrentTime] as const
 
 /** Registers the built-in tools for as long as the Layer lives. */
 export const layer: Layer.Layer<never, never, ToolRegistry> = Layer.mergeAll(
-  Tool.toLayer(calculator),
-  Tool.toLayer(getWeather),
-  Tool.toLayer(getCurrentTime)
+  ToolRegistry.layerTool(calculator),
+  ToolRegistry.layerTool(getWeather),
+  ToolRegistry.layerTool(getCurrentTime)
 )

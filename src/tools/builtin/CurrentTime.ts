@@ -1,4 +1,4 @@
-/** The built-in `get_current_time` tool: the current time in an IANA time zone, read from Effect's Clock. */
+/** The built-in `get_current_time` tool: the current time in an IANA time zone, read from Effect's Clock, as a structured (JSON) result. */
 import { Clock, Effect, Schema } from "effect"
 import * as Tool from "../Tool.js"
 
@@ -12,16 +12,18 @@ const Parameters = Schema.Struct({
   )
 })
 
-export interface CurrentTime {
+/** The tool's result, encoded to JSON for the model. */
+export const CurrentTime = Schema.Struct({
   /** The canonical zone name, e.g. "Asia/Tokyo" for "asia/tokyo". */
-  readonly timezone: string
+  timezone: Schema.String,
   /** The instant in UTC, ISO 8601. */
-  readonly iso: string
+  iso: Schema.String,
   /** The wall-clock time in the zone, in English, 24-hour. */
-  readonly local: string
+  local: Schema.String,
   /** The zone's offset from UTC at that instant, "+09:00" style. */
-  readonly utc_offset: string
-}
+  utc_offset: Schema.String
+})
+export type CurrentTime = typeof CurrentTime.Type
 
 /** "GMT", "GMT+9", "GMT+05:30" or "GMT-03:00" (as Intl writes "longOffset") to "+HH:MM". */
 const toUtcOffset = (gmt: string): string => {
@@ -64,10 +66,11 @@ export const getCurrentTime = Tool.make({
     "{\"timezone\", \"iso\" (the UTC instant, ISO 8601), \"local\" (readable wall-clock time in the zone), " +
     "\"utc_offset\" (e.g. \"+09:00\")}.",
   parameters: Parameters,
+  success: CurrentTime,
   execute: ({ timezone }) =>
     Effect.flatMap(Clock.currentTimeMillis, (millis) =>
       Effect.try({
-        try: () => JSON.stringify(describeTime(millis, timezone.trim())),
+        try: () => describeTime(millis, timezone.trim()),
         catch: (error) =>
           new Tool.ToolError({
             message: error instanceof RangeError

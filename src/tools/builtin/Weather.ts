@@ -1,5 +1,7 @@
 /** The built-in `get_weather` tool: deterministic SAMPLE weather for demos and tests, not a live forecast. */
 import { Effect, Schema } from "effect"
+import { fnv1a } from "../../util/Hash.js"
+import { mulberry32 } from "../../util/Prng.js"
 import * as Tool from "../Tool.js"
 
 export const Unit = Schema.Literal("celsius", "fahrenheit")
@@ -35,28 +37,6 @@ const conditions = [
 /** The key a location is known by: case and spacing do not make a different place. */
 export const normalizeLocation = (location: string): string => location.trim().replace(/\s+/g, " ").toLowerCase()
 
-/** FNV-1a, 32-bit: tiny, stable across runs and platforms. */
-const fnv1a = (text: string): number => {
-  let hash = 0x811c9dc5
-  for (let i = 0; i < text.length; i++) {
-    hash ^= text.charCodeAt(i)
-    hash = Math.imul(hash, 0x01000193)
-  }
-  return hash >>> 0
-}
-
-/** mulberry32: spreads one seed into several independent-looking values. */
-const generator = (seed: number) => {
-  let state = seed
-  return (): number => {
-    state = (state + 0x6d2b79f5) | 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 export interface SampleWeather {
   readonly celsius: number
   readonly condition: string
@@ -66,7 +46,7 @@ export interface SampleWeather {
 
 /** The sample weather for a location: the same location always gets the same weather. */
 export const sampleWeather = (location: string): SampleWeather => {
-  const next = generator(fnv1a(normalizeLocation(location)))
+  const next = mulberry32(fnv1a(normalizeLocation(location)))
   const between = (low: number, high: number) => low + Math.floor(next() * (high - low + 1))
   return {
     celsius: between(-10, 35),
