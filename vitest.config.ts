@@ -1,5 +1,5 @@
 import { fileURLToPath } from "node:url"
-import { defineConfig } from "vitest/config"
+import { configDefaults, defineConfig } from "vitest/config"
 
 export default defineConfig({
   resolve: {
@@ -11,6 +11,8 @@ export default defineConfig({
   },
   test: {
     include: ["test/**/*.test.ts"],
+    // The browser tests run on their own (scripts/test-browser.sh, test/browser/vitest.config.ts).
+    exclude: [...configDefaults.exclude, "test/browser/**"],
     testTimeout: 30_000,
     hookTimeout: 30_000,
     // Integration tests start servers on random loopback ports; files run in parallel workers.

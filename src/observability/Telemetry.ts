@@ -1,16 +1,18 @@
 /**
  * What AIBase tells its operators about the requests it serves: the metrics
  * (see Metrics), one log line per finished model or tool request, its
- * spans (see Tracing) and the console's time series (see ConsoleSeries).
+ * spans (see Tracing) and the console's time series (see ConsoleSeries,
+ * when it is provided).
  *
  * The transports call it once when a request starts and once when it ends,
  * synchronously and never per chunk; a recorded request's record is read
  * once more when it finishes (`finished`).
  */
-import { Config, type ConfigError, Context, Effect, Exit, Layer } from "effect"
+import { Config, type ConfigError, Context, Effect, Exit, Layer, Option } from "effect"
 import type { Ledger } from "../ledger/Ledger.js"
 import { OpenAi } from "../openai/OpenAi.js"
 import { outcomeOf, type RequestRecord } from "../ledger/RequestRecord.js"
+import { ConsoleSeries } from "./ConsoleSeries.js"
 import * as Metrics from "./Metrics.js"
 import * as Tracing from "./Tracing.js"
 
@@ -38,6 +40,8 @@ export class Telemetry extends Context.Tag("aibase/Telemetry")<Telemetry, Teleme
   static readonly make = (options: TelemetryOptions = {}) =>
     Effect.gen(function*() {
       const provider = (yield* OpenAi).provider
+      // The console's charts, when the app serves the console.
+      const series = Option.getOrUndefined(yield* Effect.serviceOption(ConsoleSeries))
       const requestLog = options.requestLog ?? true
       const bounded = new Metrics.BoundedValues(options.maxLabelValues ?? 100)
       const labels = new Metrics.Labelled()
@@ -60,6 +64,7 @@ export class Telemetry extends Context.Tag("aibase/Telemetry")<Telemetry, Teleme
       const finished = (record: RequestRecord): Effect.Effect<void> => {
         const outcome = record.outcome
         if (outcome === undefined) return Effect.void
+        series?.onFinished(record)
         const operation = record.operation
         const model = bounded.of(record.modelRequested ?? "unknown")
         const genAi = (extra: string, more: ReadonlyArray<readonly [string, string]>) =>
@@ -120,7 +125,10 @@ export class Telemetry extends Context.Tag("aibase/Telemetry")<Telemetry, Teleme
         return Telemetry.of({
           requestStarted: () => {},
           requestEnded: () => {},
-          finished: (record) => Effect.zipRight(logged(record), Tracing.requestSpans(record)),
+          finished: (record) => {
+            series?.onFinished(record)
+            return Effect.zipRight(logged(record), Tracing.requestSpans(record))
+          },
           connectionRefused: () => {},
           frameRejected: () => {}
         })

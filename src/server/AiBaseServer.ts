@@ -12,6 +12,7 @@ import { Hub } from "../hub/Hub.js"
 import { Ledger } from "../ledger/Ledger.js"
 import { ResumableStreams } from "../resume/ResumableStreams.js"
 import { Prometheus } from "../observability/Prometheus.js"
+import { ConsoleSeries } from "../observability/ConsoleSeries.js"
 import { Telemetry } from "../observability/Telemetry.js"
 import * as Tracing from "../observability/Tracing.js"
 import { OpenAi } from "../openai/OpenAi.js"
@@ -22,6 +23,7 @@ import * as BuiltinTools from "../tools/builtin/BuiltinTools.js"
 import { ToolRegistry } from "../tools/ToolRegistry.js"
 import * as Auth from "./Auth.js"
 import * as HttpRoutes from "./HttpRoutes.js"
+import * as ConsoleRoute from "./ConsoleRoute.js"
 import * as MetricsRoute from "./MetricsRoute.js"
 import { Mount } from "./Mount.js"
 import * as NodeServer from "./NodeServer.js"
@@ -51,6 +53,8 @@ const metricsRoute = Layer.unwrapEffect(Effect.map(AppConfig, (config) =>
  */
 export const routes = Layer.mergeAll(
   HttpRoutes.layerHealth,
+  // The page is open, its data behind auth (see ConsoleRoute).
+  ConsoleRoute.layer,
   Layer.mergeAll(WsRoute.layer, RpcRoute.layer, HttpRoutes.layerInfo, UsageRoute.layer).pipe(Layer.provide(Auth.layer)),
   metricsRoute
 ).pipe(
@@ -93,10 +97,11 @@ export const layerNoLedger: Layer.Layer<Ledger | Database | ResumableStreams, ne
  * Metrics (Telemetry, served by Prometheus at /metrics), the request log
  * (REQUEST_LOG) and, with OTEL_EXPORTER_OTLP_ENDPOINT, traces.
  */
-export const layerObservability: Layer.Layer<Telemetry | Prometheus, ConfigError.ConfigError, OpenAi> = Layer.merge(
-  Telemetry.layerConfig,
-  Prometheus.layerConfig
-)
+export const layerObservability: Layer.Layer<
+  Telemetry | Prometheus | ConsoleSeries,
+  ConfigError.ConfigError,
+  OpenAi | Hub
+> = Layer.merge(Telemetry.layerConfig, Prometheus.layerConfig).pipe(Layer.provideMerge(ConsoleSeries.layer()))
 
 /**
  * The default services: Hub, the tools, the database and the ledger, and
@@ -174,11 +179,13 @@ export const withGracefulShutdown = <A, E, R>(served: Layer.Layer<A, E, R>) =>
   layerGracefulShutdown.pipe(Layer.provideMerge(served))
 
 /** The server with its routes and observability; needs AppConfig and the services (see `layerServices`). */
-export const layerServer = withGracefulShutdown(
-  HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })
-).pipe(
-  Layer.merge(layerUpgrades),
-  Layer.merge(logStartup),
+export const layerServer = logStartup.pipe(
+  // "listening" is logged once the routes answer: the socket listens as soon as the HTTP server is built.
+  Layer.provideMerge(
+    withGracefulShutdown(HttpLayerRouter.serve(routes, { disableLogger: true, disableListenLog: true })).pipe(
+      Layer.merge(layerUpgrades)
+    )
+  ),
   Layer.provideMerge(layerHttpServer),
   Layer.provideMerge(layerObservability)
 )

@@ -141,6 +141,10 @@ describe("the public API", () => {
         expect((yield* get("/ai/info")).status).toBe(401)
         expect((yield* get("/private")).status).toBe(401)
         expect((yield* get("/private", true)).status).toBe(200)
+        // The console's page is open under the prefix too, and resolves its assets there.
+        const page = yield* Effect.promise(() => fetch(`http://127.0.0.1:${port}/ai/`).then(async (r) => ({ status: r.status, text: await r.text() })))
+        expect(page.status).toBe(200)
+        expect(page.text).toContain(`<base href="/ai/">`)
         const info = yield* get("/ai/info", true)
         expect(info.body).toMatchObject({
           endpoints: { websocket: "/ai/ws", rpc: "/ai/rpc", health: "/ai/health", info: "/ai/info", usage: "/ai/usage" }
