@@ -19,11 +19,18 @@ import { OpenAi } from "./OpenAi.js"
 
 export { embed } from "./offline/Embeddings.js"
 
-export const make = Effect.gen(function*() {
-  const config = yield* AppConfig
+export interface OfflineModelOptions {
+  /** The pause between streamed words (OFFLINE_WORD_DELAY_MS). Default 15 ms; zero streams at once. */
+  readonly wordDelay?: Duration.DurationInput | undefined
+  /** The length of embedding vectors (OFFLINE_EMBEDDING_DIMENSIONS). Default 256. */
+  readonly embeddingDimensions?: number | undefined
+}
+
+export const make = (options: OfflineModelOptions = {}) => Effect.gen(function*() {
+  const embeddingDimensions = options.embeddingDimensions ?? 256
   const completions = yield* Ref.make(0)
   const toolCalls = yield* Ref.make(0)
-  const wordDelay = config.offline.wordDelay
+  const wordDelay = Duration.decode(options.wordDelay ?? Duration.millis(15))
 
   /** Checks the failure trigger, then plans the reply and gives it ids and a timestamp. */
   const respond = Effect.fnUntraced(function*(request: UpstreamChatRequest) {
@@ -69,10 +76,15 @@ export const make = Effect.gen(function*() {
     createEmbedding: (request) =>
       Effect.zipRight(
         failIfRequested(Embeddings.inputsOf(request)),
-        Effect.sync(() => Embeddings.respond(request, config.offline.embeddingDimensions))
+        Effect.sync(() => Embeddings.respond(request, embeddingDimensions))
       )
   })
 })
 
 /** The offline model as the `OpenAi` service. */
-export const layer: Layer.Layer<OpenAi, never, AppConfig> = Layer.effect(OpenAi, make)
+export const layer = (options: OfflineModelOptions = {}): Layer.Layer<OpenAi> => Layer.effect(OpenAi, make(options))
+
+/** OFFLINE_WORD_DELAY_MS and OFFLINE_EMBEDDING_DIMENSIONS, from AppConfig (the standalone server's assembly). */
+export const layerFromAppConfig: Layer.Layer<OpenAi, never, AppConfig> = Layer.unwrapEffect(
+  Effect.map(AppConfig, ({ offline }) => layer(offline))
+)

@@ -9,5 +9,5 @@ import type { OpenAi } from "./OpenAi.js"
 import * as OpenAiSdk from "./OpenAiSdk.js"
 
 export const layer: Layer.Layer<OpenAi, ConfigError.ConfigError, AppConfig> = Layer.unwrapEffect(
-  Effect.map(AppConfig, (config) => config.provider === "openai" ? OpenAiSdk.layerFromAppConfig : OfflineModel.layer)
+  Effect.map(AppConfig, (config) => config.provider === "openai" ? OpenAiSdk.layerFromAppConfig : OfflineModel.layerFromAppConfig)
 )

@@ -67,7 +67,7 @@ export const routesAt = (prefix: string) => routes.pipe(Layer.provide(Mount.laye
 
 /** The tool registry with the built-in tools. */
 export const layerTools: Layer.Layer<ToolRegistry, never, AppConfig> = BuiltinTools.layer.pipe(
-  Layer.provideMerge(ToolRegistry.layer)
+  Layer.provideMerge(ToolRegistry.layerFromAppConfig)
 )
 
 /**

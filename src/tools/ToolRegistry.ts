@@ -19,6 +19,11 @@ interface Entry {
   readonly run: (argumentsJson: string) => Effect.Effect<string, Tool.ToolError>
 }
 
+export interface ToolRegistryOptions {
+  /** How long one tool call may run before it becomes an error result (TOOL_TIMEOUT_SECONDS). Default 10 seconds. */
+  readonly toolTimeout?: Duration.DurationInput | undefined
+}
+
 export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistry, {
   /** Adds a tool until the current scope closes. Dies if the name is taken. */
   readonly register: <A, I, R, S, SI>(tool: Tool.Tool<A, I, R, S, SI>) => Effect.Effect<void, never, Scope.Scope | R>
@@ -30,8 +35,8 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
    */
   readonly execute: (call: ToolCall) => Effect.Effect<ToolResult>
 }>() {
-  static readonly make = Effect.gen(function*() {
-    const config = yield* AppConfig
+  static readonly make = (options: ToolRegistryOptions = {}) => Effect.gen(function*() {
+    const toolTimeout = Duration.decode(options.toolTimeout ?? Duration.seconds(10))
     const entries = new Map<string, Entry>()
 
     const register = <A, I, R, S, SI>(tool: Tool.Tool<A, I, R, S, SI>): Effect.Effect<void, never, Scope.Scope | R> =>
@@ -95,10 +100,10 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
       const args = call.function.arguments.trim() === "" ? "{}" : call.function.arguments
       return entry.run(args).pipe(
         Effect.timeoutFail({
-          duration: config.toolTimeout,
+          duration: toolTimeout,
           onTimeout: () =>
             new Tool.ToolError({
-              message: `${call.function.name} did not finish within ${Duration.format(config.toolTimeout)}`
+              message: `${call.function.name} did not finish within ${Duration.format(toolTimeout)}`
             })
         }),
         Effect.map((content) => result(content, false)),
@@ -121,7 +126,13 @@ export class ToolRegistry extends Context.Tag("aibase/ToolRegistry")<ToolRegistr
   })
 
   /** An empty registry; tools join it through `ToolRegistry.layerTool`. */
-  static readonly layer: Layer.Layer<ToolRegistry, never, AppConfig> = Layer.effect(ToolRegistry, ToolRegistry.make)
+  static readonly layer = (options: ToolRegistryOptions = {}): Layer.Layer<ToolRegistry> =>
+    Layer.effect(ToolRegistry, ToolRegistry.make(options))
+
+  /** TOOL_TIMEOUT_SECONDS, from AppConfig (the standalone server's assembly). */
+  static readonly layerFromAppConfig: Layer.Layer<ToolRegistry, never, AppConfig> = Layer.unwrapEffect(
+    Effect.map(AppConfig, (config) => ToolRegistry.layer({ toolTimeout: config.toolTimeout }))
+  )
 
   /**
    * A Layer that adds a tool to the registry for as long as the Layer lives.

@@ -25,14 +25,14 @@ const env = { OFFLINE_WORD_DELAY_MS: "0", LOG_LEVEL: "warning", DB_TYPE: "none" 
 
 /** The chat engine with the built-in tools and the offline model, configured with typed options. */
 const ChatLive = Chat.layer({ model: "gpt-4o-mini", maxToolRounds: 3 }).pipe(
-  Layer.provideMerge(Layer.mergeAll(AiBaseServer.layerTools, OfflineModel.layer)),
+  Layer.provideMerge(Layer.mergeAll(AiBaseServer.layerTools, OfflineModel.layer({ wordDelay: 0 }))),
   Layer.provide(AppConfig.layerFromEnv(env))
 )
 
 /** A model of the host's own, under its own provider name. */
 const HostModel = Layer.effect(
   OpenAi,
-  Effect.map(OfflineModel.make, (offline) => OpenAi.of({ ...offline, provider: "host-model", baseUrl: undefined }))
+  Effect.map(OfflineModel.make({ wordDelay: 0 }), (offline) => OpenAi.of({ ...offline, provider: "host-model", baseUrl: undefined }))
 )
 
 describe("the chat engine in-process", () => {

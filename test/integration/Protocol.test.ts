@@ -206,7 +206,7 @@ describe("/ws protocol, internal failures", () => {
   /** A model whose calls crash: a bug on our side, as far as the client can tell. */
   const CrashingModel = Layer.effect(
     OpenAi,
-    Effect.map(OfflineModel.make, (offline) =>
+    Effect.map(OfflineModel.make(), (offline) =>
       OpenAi.of({ ...offline, createChatCompletion: () => Effect.die(new Error("secret internal detail")) }))
   )
 

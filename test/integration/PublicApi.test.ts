@@ -26,7 +26,7 @@ const Shout = Tool.make({
 /** The app's own model provider: every completion answers the same. */
 const CannedModel = Layer.effect(
   OpenAi,
-  Effect.map(OfflineModel.make, (offline) =>
+  Effect.map(OfflineModel.make({ wordDelay: "100 millis" }), (offline) =>
     OpenAi.of({
       ...offline,
       provider: "openai",

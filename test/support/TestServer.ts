@@ -37,7 +37,7 @@ export const withTools = <Tools>(tools: Layer.Layer<Tools, never, AppConfig>, op
     ...options.env
   }
   return AiBaseServer.layerServer.pipe(
-    Layer.provideMerge(Layer.mergeAll(tools, options.openai ?? OfflineModel.layer)),
+    Layer.provideMerge(Layer.mergeAll(tools, options.openai ?? OfflineModel.layerFromAppConfig)),
     Layer.provideMerge(AiBaseServer.layerLedger.pipe(
       Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
     )),

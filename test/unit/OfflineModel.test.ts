@@ -6,7 +6,7 @@ import { OpenAi } from "../../src/openai/OpenAi.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatMessage, UpstreamChatRequest } from "../../src/protocol/Chat.js"
 import type { FunctionTool } from "../../src/protocol/Tools.js"
 
-const modelWith = (env: Record<string, string>) => OfflineModel.layer.pipe(Layer.provide(AppConfig.layerFromEnv(env)))
+const modelWith = (env: Record<string, string>) => OfflineModel.layerFromAppConfig.pipe(Layer.provide(AppConfig.layerFromEnv(env)))
 
 const tool = (name: string): FunctionTool => ({
   type: "function",

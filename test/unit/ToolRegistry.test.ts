@@ -8,7 +8,7 @@ import * as Tool from "../../src/tools/Tool.js"
 import * as BuiltinTools from "../../src/tools/builtin/BuiltinTools.js"
 import { ToolRegistry } from "../../src/tools/ToolRegistry.js"
 
-const Registry = ToolRegistry.layer.pipe(Layer.provide(AppConfig.layerFromEnv({ TOOL_TIMEOUT_SECONDS: "1" })))
+const Registry = ToolRegistry.layer({ toolTimeout: "1 second" })
 const WithBuiltins = BuiltinTools.layer.pipe(Layer.provideMerge(Registry))
 
 const call = (name: string, args: unknown, id = "call_1"): ToolCall => ({
@@ -277,7 +277,7 @@ describe("ToolRegistry", () => {
    */
   const raceRegistrations = (ops: number) =>
     Effect.gen(function*() {
-      const registry = yield* ToolRegistry.make
+      const registry = yield* ToolRegistry.make()
       const scopes = [yield* Scope.make(), yield* Scope.make()] as const
       const exits = yield* Effect.all(
         [0, 1].map((n) => registry.register(dup(n)).pipe(Scope.extend(scopes[n]!), Effect.exit)),

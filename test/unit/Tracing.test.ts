@@ -341,7 +341,7 @@ describe("Tracing.config", () => {
 
 describe("the tool loop's record", () => {
   const ChatLive = Chat.layer({ model: "gpt-4o-mini" }).pipe(
-    Layer.provide(Layer.mergeAll(OfflineModel.layer, BuiltinTools.layer.pipe(Layer.provideMerge(ToolRegistry.layer)))),
+    Layer.provide(Layer.mergeAll(OfflineModel.layer({ wordDelay: 0 }), BuiltinTools.layer.pipe(Layer.provideMerge(ToolRegistry.layer())))),
     Layer.provideMerge(AppConfig.layerFromEnv({ OFFLINE_WORD_DELAY_MS: "0" }))
   )
 
