@@ -143,6 +143,14 @@ export class AppConfig extends Context.Tag("aibase/AppConfig")<AppConfig, AppCon
   /** Reads the configuration from the current ConfigProvider. */
   static readonly layer: Layer.Layer<AppConfig, ConfigError.ConfigError> = Layer.effect(AppConfig, config)
 
+  /**
+   * Reads the variables under a prefix, so that they cannot collide with the
+   * host's own: `layerPrefixed("AIBASE")` reads AIBASE_SERVER_PORT,
+   * AIBASE_AUTH_TOKENS... from the current ConfigProvider.
+   */
+  static readonly layerPrefixed = (prefix: string): Layer.Layer<AppConfig, ConfigError.ConfigError> =>
+    Layer.effect(AppConfig, Config.nested(config, prefix))
+
   /** A configuration read from the given variables only (for tests and embedding apps). */
   static readonly layerFromEnv = (env: Record<string, string>): Layer.Layer<AppConfig, ConfigError.ConfigError> =>
     AppConfig.layer.pipe(

@@ -86,3 +86,21 @@ describe("AppConfig", () => {
       expect(missing.server.port).toBeGreaterThan(0)
     }))
 })
+
+describe("AppConfig.layerPrefixed", () => {
+  it.effect("reads the variables under the prefix only", () =>
+    Effect.gen(function*() {
+      const config = yield* AppConfig.pipe(
+        Effect.provide(AppConfig.layerPrefixed("AIBASE")),
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([
+          ["AIBASE_SERVER_PORT", "9123"],
+          ["AIBASE_OPENAI_MODEL", "host-model"],
+          // The host's own variable of the same name is not AIBase's.
+          ["SERVER_PORT", "80"]
+          // As the environment provider joins names.
+        ]), { pathDelim: "_" }))
+      )
+      expect(config.server.port).toBe(9123)
+      expect(config.openai.model).toBe("host-model")
+    }))
+})
