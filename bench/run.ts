@@ -752,6 +752,43 @@ const fileCount = (filename: string): Promise<LedgerCount> =>
     return { total: Object.values(byType).reduce((a, b) => a + b, 0), byType }
   }).pipe(Effect.scoped, Effect.provide(Reactivity.layer), Effect.runPromise)
 
+/**
+ * The repetitions of a scenario that compares two AIBase processes with
+ * each other (ledger, resumable, metrics): `rounds` rounds of `clients`
+ * streams per side and repetition, the order alternated, each logged. Gives
+ * each side's repetitions (`repsOf`), their median (`m`) and their sum (`sum`; a
+ * missing repetition counts as `missing`).
+ */
+const pairedReps = async <S extends Server>(
+  scenario: string,
+  sides: readonly [S, S],
+  label: Record<S, string>,
+  measure: (side: S, rep: number) => Promise<StreamRep>,
+  describe: (result: StreamRep) => string = () => ""
+) => {
+  const width = Math.max(...sides.map((side) => label[side].length))
+  const bySide = new Map<S, Array<StreamRep | undefined>>(sides.map((side) => [side, []]))
+  const repsOf = (side: S): Array<StreamRep | undefined> => bySide.get(side) ?? []
+  for (let rep = 0; rep < profile.reps; rep++) {
+    for (const side of rotate<S>([...sides], rep)) {
+      const result = await attempt(`${scenario} ${label[side]}`, () => measure(side, rep))
+      repsOf(side).push(result)
+      if (result !== undefined) {
+        log(
+          `  ${scenario} ${label[side].padEnd(width)} rep ${rep + 1}: ${fmt(result.cpuMicrosPerChunk, 2)} µs CPU/chunk, ${
+            fmt(result.chunksPerSecond, 0)
+          } chunks/s, TTFT p50 ${fmt(result.ttftP50, 1)} ms, ${describe(result)}${result.failed} failed`
+        )
+        if (result.errors.length > 0) log(`    errors: ${result.errors.join("; ")}`)
+      }
+    }
+  }
+  const m = (side: S, pick: (r: StreamRep) => number) => median(repsOf(side).map((r) => (r === undefined ? Number.NaN : pick(r))))
+  const sum = (side: S, pick: (r: StreamRep) => number, missing = 0) =>
+    repsOf(side).reduce((total, r) => total + (r === undefined ? missing : pick(r)), 0)
+  return { repsOf, m, sum }
+}
+
 const ledgerScenario = async () => {
   const clients = LEDGER_CLIENTS
   const rounds = profile.ledgerRounds
@@ -765,28 +802,14 @@ const ledgerScenario = async () => {
       if (info.usage_recorded !== (side === "ledgerOn")) note(`ledger ${label[side]}: the server reports usage_recorded=${String(info.usage_recorded)}`)
     })
   }
-  const reps: Record<LedgerSide, Array<StreamRep | undefined>> = { ledgerOn: [], ledgerOff: [] }
-  for (let rep = 0; rep < profile.reps; rep++) {
-    for (const side of rotate<LedgerSide>(["ledgerOn", "ledgerOff"], rep)) {
-      const result = await attempt(
-        `ledger ${label[side]}`,
-        () => measureStreams(side, clients, rounds, `l${rep}`, { settleMs: LEDGER_SETTLE_MS })
-      )
-      reps[side].push(result)
-      if (result !== undefined) {
-        log(
-          `  ledger ${label[side].padEnd(3)} rep ${rep + 1}: ${fmt(result.cpuMicrosPerChunk, 2)} µs CPU/chunk, ${
-            fmt(result.requestsPerSecond, 0)
-          } streams/s, ${fmt(result.chunksPerSecond, 0)} chunks/s, TTFT p50 ${fmt(result.ttftP50, 1)} ms, ${result.failed} failed`
-        )
-        if (result.errors.length > 0) log(`    errors: ${result.errors.join("; ")}`)
-      }
-    }
-  }
-  const m = (side: LedgerSide, pick: (r: StreamRep) => number) =>
-    median(reps[side].map((r) => (r === undefined ? Number.NaN : pick(r))))
-  const sum = (side: LedgerSide, pick: (r: StreamRep) => number) =>
-    reps[side].reduce((total, r) => total + (r === undefined ? rounds * clients : pick(r)), 0)
+  const { m, repsOf, sum: sumOf } = await pairedReps<LedgerSide>(
+    "ledger",
+    ["ledgerOn", "ledgerOff"],
+    label,
+    (side, rep) => measureStreams(side, clients, rounds, `l${rep}`, { settleMs: LEDGER_SETTLE_MS }),
+    (result) => `${fmt(result.requestsPerSecond, 0)} streams/s, `
+  )
+  const sum = (side: LedgerSide, pick: (r: StreamRep) => number) => sumOf(side, pick, rounds * clients)
 
   // Did the ledger record? While serving (GET /usage), then in the file once the server has stopped and flushed.
   const sent = recordedSent.get("ledgerOn") ?? 0
@@ -839,6 +862,7 @@ const ledgerScenario = async () => {
       target: { label: `${sent}`, pass: (_f, a) => a >= sent && sent > 0 }
     }
   )
+  const reps = { ledgerOn: repsOf("ledgerOn"), ledgerOff: repsOf("ledgerOff") }
   raw["ledger"] = { clients, rounds, settleMs: LEDGER_SETTLE_MS, reps, recordedRequestsSent: sent, rowsWhileServing: live ?? null, rowsInFile: stored ?? null }
 }
 
@@ -877,29 +901,14 @@ const resumableScenario = async () => {
   log(
     `resumable: ${clients} clients × ${rounds} round(s) × ${profile.reps} repetition(s), plain streams and resumable ones ("resumable": true) on two identical AIBase processes; database: ${databaseDescription}`
   )
-  const reps: Record<ResumeSide, Array<StreamRep | undefined>> = { resumePlain: [], resumeOn: [] }
-  for (let rep = 0; rep < profile.reps; rep++) {
-    for (const side of rotate<ResumeSide>(["resumePlain", "resumeOn"], rep)) {
-      const result = await attempt(
-        `resumable ${label[side]}`,
-        // The same settling time as the ledger's: the frames' last batch is written inside the measurement.
-        () => measureStreams(side, clients, rounds, `r${rep}`, { settleMs: LEDGER_SETTLE_MS, resumable: side === "resumeOn" })
-      )
-      reps[side].push(result)
-      if (result !== undefined) {
-        log(
-          `  ${label[side].padEnd(9)} rep ${rep + 1}: ${fmt(result.cpuMicrosPerChunk, 2)} µs CPU/chunk, ${
-            fmt(result.chunksPerSecond, 0)
-          } chunks/s, TTFT p50 ${fmt(result.ttftP50, 1)} ms, ${result.startFrames} start frames, ${result.seqErrors} seq errors, ${result.failed} failed`
-        )
-        if (result.errors.length > 0) log(`    errors: ${result.errors.join("; ")}`)
-      }
-    }
-  }
-  const m = (side: ResumeSide, pick: (r: StreamRep) => number) =>
-    median(reps[side].map((r) => (r === undefined ? Number.NaN : pick(r))))
-  const sum = (side: ResumeSide, pick: (r: StreamRep) => number, missing = 0) =>
-    reps[side].reduce((total, r) => total + (r === undefined ? missing : pick(r)), 0)
+  const { m, repsOf, sum } = await pairedReps<ResumeSide>(
+    "resumable",
+    ["resumePlain", "resumeOn"],
+    label,
+    // The same settling time as the ledger's: the frames' last batch is written inside the measurement.
+    (side, rep) => measureStreams(side, clients, rounds, `r${rep}`, { settleMs: LEDGER_SETTLE_MS, resumable: side === "resumeOn" }),
+    (result) => `${result.startFrames} start frames, ${result.seqErrors} seq errors, `
+  )
   const measured = profile.reps * rounds * clients
   const starts = { plain: sum("resumePlain", (r) => r.startFrames), resumable: sum("resumeOn", (r) => r.startFrames) }
   log(`  chat_completion_stream_start frames received: ${starts.resumable} of ${measured} resumable streams; ${starts.plain} on the plain side`)
@@ -972,7 +981,7 @@ const resumableScenario = async () => {
     clients,
     rounds,
     settleMs: LEDGER_SETTLE_MS,
-    reps: { plain: reps.resumePlain, resumable: reps.resumeOn },
+    reps: { plain: repsOf("resumePlain"), resumable: repsOf("resumeOn") },
     startFrames: starts,
     received: resumableSent,
     stored: { plain: stored.resumePlain ?? null, resumable: stored.resumeOn ?? null }
@@ -1017,29 +1026,14 @@ const metricsScenario = async () => {
     `metrics: ${clients} clients × ${rounds} round(s) × ${profile.reps} repetition(s) on AIBase with its metrics on (the default) and METRICS_ENABLED=false; database: ${databaseDescription}`
   )
   if (args.aibaseEnv["METRICS_ENABLED"] !== undefined) note("metrics: --aibase-env's METRICS_ENABLED does not apply here; it compares true with false")
-  const reps: Record<MetricsSide, Array<StreamRep | undefined>> = { metricsOn: [], metricsOff: [] }
-  for (let rep = 0; rep < profile.reps; rep++) {
-    for (const side of rotate<MetricsSide>(["metricsOn", "metricsOff"], rep)) {
-      const result = await attempt(
-        `metrics ${label[side]}`,
-        // Both sides record into their ledger (the default database): the same settling time as the ledger's.
-        () => measureStreams(side, clients, rounds, `m${rep}`, { settleMs: LEDGER_SETTLE_MS })
-      )
-      reps[side].push(result)
-      if (result !== undefined) {
-        log(
-          `  metrics ${label[side].padEnd(3)} rep ${rep + 1}: ${fmt(result.cpuMicrosPerChunk, 2)} µs CPU/chunk, ${
-            fmt(result.chunksPerSecond, 0)
-          } chunks/s, TTFT p50 ${fmt(result.ttftP50, 1)} ms, ${result.failed} failed`
-        )
-        if (result.errors.length > 0) log(`    errors: ${result.errors.join("; ")}`)
-      }
-    }
-  }
-  const m = (side: MetricsSide, pick: (r: StreamRep) => number) =>
-    median(reps[side].map((r) => (r === undefined ? Number.NaN : pick(r))))
-  const sum = (side: MetricsSide, pick: (r: StreamRep) => number) =>
-    reps[side].reduce((total, r) => total + (r === undefined ? rounds * clients : pick(r)), 0)
+  const { m, repsOf, sum: sumOf } = await pairedReps<MetricsSide>(
+    "metrics",
+    ["metricsOn", "metricsOff"],
+    label,
+    // Both sides record into their ledger (the default database): the same settling time as the ledger's.
+    (side, rep) => measureStreams(side, clients, rounds, `m${rep}`, { settleMs: LEDGER_SETTLE_MS })
+  )
+  const sum = (side: MetricsSide, pick: (r: StreamRep) => number) => sumOf(side, pick, rounds * clients)
 
   // Once per run, while both still serve: the "on" side exposes aibase_requests_total, the "off" side no sample of it.
   const sent = recordedSent.get("metricsOn") ?? 0
@@ -1099,7 +1093,7 @@ const metricsScenario = async () => {
     clients,
     rounds,
     settleMs: LEDGER_SETTLE_MS,
-    reps: { on: reps.metricsOn, off: reps.metricsOff },
+    reps: { on: repsOf("metricsOn"), off: repsOf("metricsOff") },
     streamsSentToOn: sent,
     requestsTotal: { on: on ?? null, off: off ?? null }
   }

@@ -9,12 +9,12 @@
  */
 import { mkdirSync } from "node:fs"
 import { join } from "node:path"
-import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core"
+import type { Browser, BrowserContext, Page } from "playwright-core"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { launch } from "../support/Chromium.js"
 import * as ServerProcess from "../support/ServerProcess.js"
 import * as Wait from "../support/Wait.js"
 
-const CHROMIUM = "/usr/bin/chromium"
 const ARTIFACTS = join(ServerProcess.repoRoot, "test-results", "console")
 const TOKEN = "console-test-token"
 
@@ -26,20 +26,6 @@ const startAiBase = (env: Record<string, string> = {}) =>
     env: { LLM_PROVIDER: "offline", OFFLINE_WORD_DELAY_MS: WORD_DELAY_MS, ...env }
   })
 
-const launch = () =>
-  chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync"
-    ]
-  })
 
 /** Everything the page reports as an error: uncaught exceptions and console errors (CSP violations, failed loads). */
 const watchErrors = (page: Page, errors: Array<string>) => {

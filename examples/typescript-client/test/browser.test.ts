@@ -6,9 +6,10 @@
  * Run with `bash scripts/test-browser.sh`, which installs chromium if needed.
  */
 import { fileURLToPath } from "node:url"
-import { type Browser, chromium, type Page } from "playwright-core"
+import type { Browser, Page } from "playwright-core"
 import { createServer, type ViteDevServer } from "vite"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { launch } from "../../../test/support/Chromium.js"
 import * as ServerProcess from "../../../test/support/ServerProcess.js"
 import * as Wait from "../../../test/support/Wait.js"
 
@@ -21,7 +22,6 @@ declare global {
 }
 
 const exampleRoot = fileURLToPath(new URL("..", import.meta.url))
-const CHROMIUM = "/usr/bin/chromium"
 const HOST = "127.0.0.1"
 
 // ---------------------------------------------------------------------------
@@ -117,19 +117,7 @@ describe("the browser chat client", () => {
     const url = vite.resolvedUrls?.local[0]
     if (url === undefined) throw new Error("Vite did not report its URL")
     pageUrl = url
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync"
-      ]
-    })
+    browser = await launch()
     ;[server, slowServer] = await started
     page = await open(server.port)
   })
