@@ -58,7 +58,7 @@ export const routes = Layer.mergeAll(
   Layer.mergeAll(WsRoute.layer, RpcRoute.layer, HttpRoutes.layerInfo, UsageRoute.layer).pipe(Layer.provide(Auth.layer)),
   metricsRoute
 ).pipe(
-  Layer.provide([Handlers.layer, WebSocketUpgrade.layer]),
+  Layer.provide([Handlers.layer, WebSocketUpgrade.layerFromAppConfig]),
   Layer.provide(layerChat)
 )
 
@@ -138,7 +138,7 @@ const layerUpgrades = Layer.scopedDiscard(Effect.gen(function*() {
     Effect.sync(() => server.setUpgradeHandler(upgrader.handle)),
     () => Effect.sync(() => server.setUpgradeHandler(undefined))
   )
-})).pipe(Layer.provide(WebSocketUpgrade.layer)) // the same instance as the routes' (layers are shared by reference)
+})).pipe(Layer.provide(WebSocketUpgrade.layerFromAppConfig)) // the same instance as the routes' (layers are shared by reference)
 
 /**
  * Drains the Hub when the server shuts down (see `Hub.drain`). It must be

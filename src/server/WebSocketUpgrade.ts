@@ -17,7 +17,7 @@
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Context, Effect, Either, Layer, type Scope } from "effect"
+import { Context, type Duration, Effect, Either, Layer, type Scope } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
@@ -93,6 +93,15 @@ interface Endpoint {
   readonly serve: Serve
 }
 
+export interface WebSocketUpgradeOptions {
+  /** The largest frame a client may send (WS_MAX_MESSAGE_BYTES); a larger one closes the connection with 1009. */
+  readonly maxMessageBytes: number
+  /** The heartbeat (WS_PING_INTERVAL_SECONDS): a client that misses a pong is dropped. */
+  readonly pingInterval: Duration.DurationInput
+  /** Who may connect (see `Auth.makePolicy`). */
+  readonly auth: Auth.Policy
+}
+
 export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<WebSocketUpgrade, {
   /** Serves upgrades to `path` with `serve`, for as long as the current scope lives. */
   readonly endpoint: (path: string, transport: Transport, serve: Serve) => Effect.Effect<void, never, Scope.Scope>
@@ -108,11 +117,10 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
    */
   readonly route: (path: string) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>
 }>() {
-  static readonly make = Effect.gen(function*() {
-    const config = yield* AppConfig
+  static readonly make = (options: WebSocketUpgradeOptions) => Effect.gen(function*() {
     const hub = yield* Hub
     const telemetry = yield* Telemetry
-    const auth = Auth.makePolicy(config)
+    const auth = options.auth
     const endpoints = new Map<string, Endpoint>()
     const server = yield* Effect.acquireRelease(
       Effect.sync(() =>
@@ -120,7 +128,7 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
           noServer: true,
           clientTracking: false,
           perMessageDeflate: false,
-          maxPayload: config.limits.maxMessageBytes
+          maxPayload: options.maxMessageBytes
         })
       ),
       (server) => Effect.async<void>((resume) => server.close(() => resume(Effect.void)))
@@ -140,7 +148,7 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
         ws.ping()
       }
     })
-    yield* beat.pipe(Effect.delay(config.limits.pingInterval), Effect.forever, Effect.forkScoped)
+    yield* beat.pipe(Effect.delay(options.pingInterval), Effect.forever, Effect.forkScoped)
 
     /** Admits and upgrades; auth has been checked. Returns the rejection instead when there is one. */
     const accept = (
@@ -221,8 +229,15 @@ export class WebSocketUpgrade extends Context.Tag("aibase/WebSocketUpgrade")<Web
     return WebSocketUpgrade.of({ endpoint, handle, route })
   })
 
-  static readonly layer: Layer.Layer<WebSocketUpgrade, never, AppConfig | Hub | Telemetry> = Layer.scoped(
-    WebSocketUpgrade,
-    WebSocketUpgrade.make
-  )
+  static readonly layer = (options: WebSocketUpgradeOptions): Layer.Layer<WebSocketUpgrade, never, Hub | Telemetry> =>
+    Layer.scoped(WebSocketUpgrade, WebSocketUpgrade.make(options))
+
+  /** WS_MAX_MESSAGE_BYTES, WS_PING_INTERVAL_SECONDS and the tokens, from AppConfig (the standalone server's assembly). */
+  static readonly layerFromAppConfig: Layer.Layer<WebSocketUpgrade, never, AppConfig | Hub | Telemetry> = Layer
+    .unwrapEffect(Effect.map(AppConfig, (config) =>
+      WebSocketUpgrade.layer({
+        maxMessageBytes: config.limits.maxMessageBytes,
+        pingInterval: config.limits.pingInterval,
+        auth: Auth.makePolicy(config)
+      })))
 }
