@@ -8,10 +8,10 @@
  * synchronously and never per chunk; a recorded request's record is read
  * once more when it finishes (`finished`).
  */
-import { Config, type ConfigError, Context, Effect, Exit, Layer, Option } from "effect"
+import { Config, type ConfigError, Context, Effect, Exit, FiberRef, Layer, LogLevel, Option } from "effect"
 import type { Ledger } from "../ledger/Ledger.js"
 import { OpenAi } from "../openai/OpenAi.js"
-import { outcomeOf, type RequestRecord } from "../ledger/RequestRecord.js"
+import { type Outcome, outcomeOf, type RequestRecord } from "../ledger/RequestRecord.js"
 import { ConsoleSeries } from "./ConsoleSeries.js"
 import * as Metrics from "./Metrics.js"
 import * as Tracing from "./Tracing.js"
@@ -104,7 +104,13 @@ export class Telemetry extends Context.Tag("aibase/Telemetry")<Telemetry, Teleme
       const logged = (record: RequestRecord): Effect.Effect<void> => {
         const outcome = record.outcome
         if (!requestLog || outcome === undefined) return Effect.void
-        return Effect.logInfo("request finished").pipe(
+        // Below the log level, the annotations are not even built.
+        return Effect.flatMap(FiberRef.get(FiberRef.currentMinimumLogLevel), (minimum) =>
+          LogLevel.lessThan(LogLevel.Info, minimum) ? Effect.void : line(record, outcome))
+      }
+
+      const line = (record: RequestRecord, outcome: Outcome): Effect.Effect<void> =>
+        Effect.logInfo("request finished").pipe(
           Effect.annotateLogs({
             request_id: record.requestId,
             transport: record.caller.transport,
@@ -119,7 +125,6 @@ export class Telemetry extends Context.Tag("aibase/Telemetry")<Telemetry, Teleme
             tool_rounds: record.toolRounds
           })
         )
-      }
 
       if (options.metrics === false) {
         return Telemetry.of({
