@@ -42,7 +42,10 @@ export class Telemetry extends Context.Tag("aibase/Telemetry")<Telemetry, Teleme
       const provider = (yield* OpenAi).provider
       // The console's charts, when the app serves the console.
       const series = Option.getOrUndefined(yield* Effect.serviceOption(ConsoleSeries))
-      const requestLog = options.requestLog ?? true
+      // Decided once: whether the log line would be written (REQUEST_LOG and LOG_LEVEL), and whether spans go anywhere.
+      const logging = (options.requestLog ?? true) &&
+        !LogLevel.lessThan(LogLevel.Info, yield* FiberRef.get(FiberRef.currentMinimumLogLevel))
+      const tracing = yield* Tracing.isTracing
       const bounded = new Metrics.BoundedValues(options.maxLabelValues ?? 100)
       const labels = new Metrics.Labelled()
 
@@ -98,15 +101,15 @@ export class Telemetry extends Context.Tag("aibase/Telemetry")<Telemetry, Teleme
           Metrics.toolExecutions.unsafeUpdate(1, labels.get(`tool\0${tool}\0${status}`, () => [["tool", tool], ["status", status]]))
           Metrics.toolDuration.unsafeUpdate((call.endHr - call.startHr) / 1000, labels.get(`tool_duration\0${tool}`, () => [["tool", tool]]))
         }
-        return Effect.zipRight(logged(record), Tracing.requestSpans(record))
+        return reported(record)
       }
 
-      const logged = (record: RequestRecord): Effect.Effect<void> => {
+      /** The log line and the spans of a finished request; nothing at all when neither is wanted. */
+      const reported = (record: RequestRecord): Effect.Effect<void> => {
         const outcome = record.outcome
-        if (!requestLog || outcome === undefined) return Effect.void
-        // Below the log level, the annotations are not even built.
-        return Effect.flatMap(FiberRef.get(FiberRef.currentMinimumLogLevel), (minimum) =>
-          LogLevel.lessThan(LogLevel.Info, minimum) ? Effect.void : line(record, outcome))
+        if (outcome === undefined || (!logging && !tracing)) return Effect.void
+        if (!tracing) return line(record, outcome)
+        return logging ? Effect.zipRight(line(record, outcome), Tracing.requestSpans(record)) : Tracing.requestSpans(record)
       }
 
       const line = (record: RequestRecord, outcome: Outcome): Effect.Effect<void> =>
@@ -132,7 +135,7 @@ export class Telemetry extends Context.Tag("aibase/Telemetry")<Telemetry, Teleme
           requestEnded: () => {},
           finished: (record) => {
             series?.onFinished(record)
-            return Effect.zipRight(logged(record), Tracing.requestSpans(record))
+            return reported(record)
           },
           connectionRefused: () => {},
           frameRejected: () => {}

@@ -148,6 +148,9 @@ export const layerConfig: Layer.Layer<never, ConfigError.ConfigError> = Layer.un
 /** The tracer a fiber has when none was installed: spans through it go nowhere. */
 const nativeTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
 
+/** Whether a tracer is installed (spans go somewhere). */
+export const isTracing: Effect.Effect<boolean> = Effect.map(Effect.tracer, (tracer) => tracer !== nativeTracer)
+
 /**
  * Sends the spans of a finished request (call `record.finish` first) to the
  * current tracer. Without an installed tracer it does nothing: one look at
