@@ -127,6 +127,9 @@ const HOLD_AFTER_END = Duration.seconds(5)
 /** Interrupts a stream nobody attached to within RESUME_DETACHED_SECONDS. */
 const AbandonedFiberId = FiberId.make(-1003, 0)
 
+/** How long a resume on another instance looks for a stream whose row is still being written. */
+const newRowWindow = Schedule.spaced(Duration.millis(50)).pipe(Schedule.upTo(Duration.seconds(2)))
+
 const notFound = new NotFoundError({
   code: "stream_not_found",
   message: "No resumable stream with this stream_id (unknown, expired, or not yours)"
@@ -503,12 +506,13 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
           const after = request.after ?? 0
           const entry = streams.get(request.stream_id)
           if (entry !== undefined) return entry.principal === principal ? attach(entry, after)(sink) : Effect.fail(notFound)
-          return fromDatabase(store.find(request.stream_id)).pipe(
-            Effect.flatMap(Option.match({
-              onNone: () => Effect.fail(notFound),
-              onSome: (row) => row.principal === principal ? remote(row, after)(sink) : Effect.fail(notFound)
-            }))
+          const row = fromDatabase(store.find(request.stream_id)).pipe(
+            Effect.flatMap(Option.match({ onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
           )
+          // Another instance sends a stream's id as soon as it starts, while its row is being
+          // written: a resume that arrives first looks again for a moment before it is not found.
+          const found = coordination.shared ? Effect.retry(row, { schedule: newRowWindow, while: (error) => error === notFound }) : row
+          return Effect.flatMap(found, (stored) => stored.principal === principal ? remote(stored, after)(sink) : Effect.fail(notFound))
         })
 
       yield* Effect.addFinalizer(() =>

@@ -114,4 +114,15 @@ describe("two instances sharing PostgreSQL", () => {
       expect(frames.slice(0, -1).map(seqOf)).toEqual(frames.slice(0, -1).map((_, i) => i + 1))
       expect(textOf(frames).startsWith(textOf(seen))).toBe(true)
     }), 60_000)
+
+  it.scopedLive("an id no instance knows is not found, once the window for a row still being written has passed", () =>
+    Effect.gen(function*() {
+      const b = yield* startInstance
+      const client = yield* connect(b)
+      const started = Date.now()
+      const [frame] = yield* client.request({ type: "resume", request_id: "unknown", payload: { stream_id: "no-such-stream-0123456789" } })
+      expect(frame).toMatchObject({ type: "error", data: { category: "not_found", code: "stream_not_found" } })
+      // Looked again for about 2 seconds (a row may be in flight from another instance), not for ever.
+      expect(Date.now() - started).toBeLessThan(8_000)
+    }), 60_000)
 })
