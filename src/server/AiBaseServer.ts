@@ -161,7 +161,7 @@ const logStartup = Layer.effectDiscard(Effect.gen(function*() {
   const address = server.address._tag === "TcpAddress"
     ? `http://${server.address.hostname}:${server.address.port}`
     : server.address.path
-  yield* Effect.logInfo(`AIBase listening on ${address} (WebSocket: ${WsRoute.PATH}, RPC: ${RpcRoute.PATH})`).pipe(
+  yield* Effect.logInfo(`AIBase listening on ${address} (WebSocket: ${WsRoute.PATH}, RPC: ${RpcRoute.PATH}, console: /)`).pipe(
     Effect.annotateLogs({ provider: openai.provider, model: config.openai.model })
   )
   if (openai.provider === "offline") {
