@@ -21,86 +21,17 @@
  * Run: `node --import tsx bench/FloorProxy.ts`; prints
  * `listening on http://127.0.0.1:PORT` and serves ws://127.0.0.1:PORT/ws.
  */
-import { Agent, createServer, request as httpRequest } from "node:http"
+import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import WebSocket, { WebSocketServer } from "ws"
+import { type Handlers, makePost } from "./FloorClient.js"
 
-const baseUrl = new URL(process.env["OPENAI_BASE_URL"] ?? "http://127.0.0.1:8000/v1")
-const apiKey = process.env["OPENAI_API_KEY"] ?? "sk-floor"
 const useFetch = process.env["FLOOR_HTTP"] === "fetch"
-const basePath = baseUrl.pathname.replace(/\/$/, "")
-const headers = { "content-type": "application/json", authorization: `Bearer ${apiKey}` }
-
-// ---------------------------------------------------------------------------
-// The upstream call, on node:http or on fetch
-// ---------------------------------------------------------------------------
-
-interface Handlers {
-  /** A piece of the response body (only with status 200). */
-  readonly onData: (text: string) => void
-  readonly onEnd: () => void
-  readonly onError: (message: string) => void
-}
-
-/** POSTs `body` to `path` (under the base URL); returns the abort function. */
-type Post = (path: string, body: string, handlers: Handlers) => () => void
-
-const agent = new Agent({ keepAlive: true })
-
-const postNode: Post = (path, body, handlers) => {
-  const req = httpRequest({
-    agent,
-    host: baseUrl.hostname,
-    port: baseUrl.port,
-    method: "POST",
-    path: basePath + path,
-    headers: { ...headers, "content-length": Buffer.byteLength(body) }
-  }, (res) => {
-    res.setEncoding("utf8")
-    if (res.statusCode !== 200) {
-      let text = ""
-      res.on("data", (piece: string) => (text += piece))
-      res.on("end", () => handlers.onError(`The upstream answered ${res.statusCode}: ${text.slice(0, 200)}`))
-      return
-    }
-    res.on("data", handlers.onData)
-    res.on("end", handlers.onEnd)
-    res.on("error", (error) => handlers.onError(error.message))
-  })
-  req.on("error", (error) => handlers.onError(error.message))
-  req.end(body)
-  return () => req.destroy()
-}
-
-const postFetch: Post = (path, body, handlers) => {
-  const controller = new AbortController()
-  const run = async () => {
-    const response = await fetch(`${baseUrl.origin}${basePath}${path}`, {
-      method: "POST",
-      headers,
-      body,
-      signal: controller.signal
-    })
-    if (response.status !== 200 || response.body === null) {
-      const text = await response.text()
-      return handlers.onError(`The upstream answered ${response.status}: ${text.slice(0, 200)}`)
-    }
-    const reader = response.body.getReader()
-    const decoder = new TextDecoder()
-    for (;;) {
-      const { done, value } = await reader.read()
-      if (done) break
-      handlers.onData(decoder.decode(value, { stream: true }))
-    }
-    handlers.onEnd()
-  }
-  run().catch((error: unknown) => {
-    if (!controller.signal.aborted) handlers.onError(error instanceof Error ? error.message : String(error))
-  })
-  return () => controller.abort()
-}
-
-const post: Post = useFetch ? postFetch : postNode
+const post = makePost({
+  baseUrl: process.env["OPENAI_BASE_URL"] ?? "http://127.0.0.1:8000/v1",
+  apiKey: process.env["OPENAI_API_KEY"] ?? "sk-floor",
+  http: useFetch ? "fetch" : "node"
+})
 
 // ---------------------------------------------------------------------------
 // The envelope protocol

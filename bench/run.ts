@@ -15,11 +15,12 @@
  *   npm run bench -- --only ledger      # AIBase with the request ledger on (SQLite) beside DB_TYPE=none
  *   npm run bench -- --only resumable   # resumable streams ("resumable": true) beside plain ones, on AIBase
  *   npm run bench -- --only metrics     # AIBase with its metrics on (the default) beside METRICS_ENABLED=false
+ *   npm run bench -- --only model-call  # where a request's CPU goes: the upstream call alone, and the rest
  *   npm run bench -- --aibase-node-arg=--cpu-prof --aibase-node-arg=--cpu-prof-dir=/tmp/prof  # node flags for AIBase
  *
  * Scenarios: streams-1, streams-50, streams-200, ledger, resumable, metrics,
- * embeddings, pings, memory, disconnect, scale-streams, scale-idle (`--only
- * streams` or `--only scale` selects a family).
+ * embeddings, model-call, pings, memory, disconnect, scale-streams,
+ * scale-idle (`--only streams` or `--only scale` selects a family).
  *
  * Processes (children, all on 127.0.0.1): the fake upstream
  * (bench/FakeUpstream.ts), the floor on node:http, the floor on fetch (for
@@ -29,8 +30,10 @@
  * scenario two more identical AIBase processes (the default database), one
  * sent plain streams and one resumable ones; the metrics scenario two more
  * AIBase processes (the default database), identical but for
- * METRICS_ENABLED (true on one, false on the other). This process
- * is the client. Every wait has a deadline, every loop a bound, and a failing
+ * METRICS_ENABLED (true on one, false on the other); the model-call
+ * scenario runs bench/ModelCall.ts, which makes the upstream call alone the
+ * way each server makes it, in one process against the same upstream. This
+ * process is the client. Every wait has a deadline, every loop a bound, and a failing
  * request is counted.
  *
  * Every AIBase process records its requests the way `npm start` does (the
@@ -41,6 +44,7 @@
  * SQLite file with DB_TYPE=none).
  */
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { execFile } from "node:child_process"
 import { availableParallelism, loadavg, tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { type Conn, closeAll, directStream, openMany, runStreams, runWindowed } from "./Load.js"
@@ -72,6 +76,7 @@ const SCENARIOS = [
   "resumable",
   "metrics",
   "embeddings",
+  "model-call",
   "pings",
   "memory",
   "disconnect",
@@ -173,6 +178,9 @@ const profile = args.quick
     ledgerRounds: 10,
     /** Per side and repetition: at most this many requests, sent for at most this long. */
     embeddings: { count: 2_000, budgetMs: 3_000 },
+    /** Rounds of one-chunk streams per side and repetition, and upstream calls per side and repetition measured alone. */
+    modelCallRounds: 50,
+    modelCallCount: 1_000,
     pings: { count: 20_000, budgetMs: 2_000 },
     memoryConnections: 2_000,
     memoryReps: 1,
@@ -183,6 +191,8 @@ const profile = args.quick
     rounds: { 1: 20, 50: 4, 200: 3 } as Record<number, number>,
     ledgerRounds: 20,
     embeddings: { count: 10_000, budgetMs: 8_000 },
+    modelCallRounds: 100,
+    modelCallCount: 2_000,
     pings: { count: 100_000, budgetMs: 5_000 },
     memoryConnections: 2_000,
     memoryReps: args.reps ?? 3,
@@ -566,6 +576,8 @@ const measureStreams = async (
     readonly settleMs?: number
     /** `"resumable": true` in every stream's payload. */
     readonly resumable?: boolean
+    /** The model named in every stream's payload (a `fake:` model shapes the upstream's answer). */
+    readonly model?: string
   } = {}
 ): Promise<StreamRep> => {
   const settleMs = options.settleMs ?? 0
@@ -576,7 +588,12 @@ const measureStreams = async (
   try {
     const cpu0 = cpuMicros(proc.pid)
     const up0 = cpuMicros(upstream?.pid ?? 0)
-    const result = await runStreams(opened.conns, rounds, { roundDeadlineMs: ROUND_DEADLINE_MS, tag, resumable })
+    const result = await runStreams(opened.conns, rounds, {
+      roundDeadlineMs: ROUND_DEADLINE_MS,
+      tag,
+      resumable,
+      ...(options.model === undefined ? {} : { model: options.model })
+    })
     countSent(server, opened.conns.length * rounds)
     if (resumable) {
       resumableSent.streams += opened.conns.length * rounds
@@ -1146,6 +1163,126 @@ const measureWindowed = async (
   }
 }
 
+/** A stream of one content chunk, at once: what a request costs beyond its chunks. */
+const ONE_CHUNK_MODEL = "fake:chunks=1,interval=0,delay=0"
+const MODEL_CALL_CLIENTS = 20
+
+/** What bench/ModelCall.ts prints: CPU µs per call for each repetition. */
+interface ModelCallResult {
+  readonly stream: { readonly floor: Array<number>; readonly aibase: Array<number> }
+  readonly embedding: { readonly floor: Array<number>; readonly aibase: Array<number> }
+}
+
+const isModelCallResult = (u: unknown): u is ModelCallResult => {
+  const sides = (v: unknown) =>
+    typeof v === "object" && v !== null && "floor" in v && Array.isArray(v.floor) && "aibase" in v && Array.isArray(v.aibase)
+  return typeof u === "object" && u !== null && "stream" in u && sides(u.stream) && "embedding" in u && sides(u.embedding)
+}
+
+/** Runs bench/ModelCall.ts against the fake upstream (bounded in time) and reads its one JSON line. */
+const runModelCall = (count: number): Promise<ModelCallResult> =>
+  new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      ["--import", "tsx", "bench/ModelCall.ts"],
+      {
+        cwd: repoRoot,
+        timeout: 240_000,
+        env: { ...process.env, OPENAI_BASE_URL: upstreamBase(), MODEL_CALL_REPS: String(profile.reps), MODEL_CALL_COUNT: String(count) }
+      },
+      (error, stdout, stderr) => {
+        if (error !== null) return reject(new Error(`ModelCall: ${error.message}\n${stderr.slice(-2_000)}`))
+        try {
+          const parsed: unknown = JSON.parse(stdout.trim().split("\n").at(-1) ?? "")
+          if (isModelCallResult(parsed)) resolve(parsed)
+          else reject(new Error(`ModelCall printed an unexpected result: ${stdout.slice(-500)}`))
+        } catch (cause) {
+          reject(new Error(`ModelCall printed no JSON: ${stdout.slice(-500)} ${String(cause)}`))
+        }
+      }
+    )
+  })
+
+/**
+ * Where a request's CPU goes: whole requests (streams of one content chunk,
+ * so that the request and not its chunks is measured) on both servers,
+ * then the upstream call alone, made in one process as each server makes
+ * it (see bench/ModelCall.ts); the difference is the rest of the request.
+ */
+const modelCallScenario = async () => {
+  const rounds = profile.modelCallRounds
+  log(`model-call: ${MODEL_CALL_CLIENTS} clients × ${rounds} rounds of one-chunk streams × ${profile.reps} repetition(s), then the upstream call alone`)
+  const whole: Record<Side, Array<number>> = { floor: [], aibase: [] }
+  let failed = 0
+  // This request shape's own warm-up (compiled code, pooled upstream connections), not counted.
+  for (const side of ["floor", "aibase"] as const) {
+    await attempt(`model-call warm-up ${side}`, () => measureStreams(side, MODEL_CALL_CLIENTS, rounds, "mcw", { model: ONE_CHUNK_MODEL }))
+  }
+  for (let rep = 0; rep < profile.reps; rep++) {
+    for (const side of rotate<Side>(["floor", "aibase"], rep)) {
+      const result = await attempt(
+        `model-call ${side}`,
+        // The ledger's background write of these requests is counted too (it is part of each request's cost).
+        () => measureStreams(side, MODEL_CALL_CLIENTS, rounds, `mc${rep}`, { model: ONE_CHUNK_MODEL, settleMs: LEDGER_SETTLE_MS })
+      )
+      if (result === undefined) {
+        whole[side].push(Number.NaN)
+        continue
+      }
+      failed += result.failed
+      const perRequest = result.completed > 0 ? (result.cpuMicrosPerChunk * result.contentChunks) / result.completed : Number.NaN
+      whole[side].push(perRequest)
+      log(`  ${side.padEnd(6)} rep ${rep + 1}: ${fmt(perRequest, 0)} µs CPU per request, ${result.failed} failed`)
+    }
+  }
+  const alone = await attempt("model-call alone", () => runModelCall(profile.modelCallCount))
+  const m = (xs: ReadonlyArray<number> | undefined) => (xs === undefined ? Number.NaN : median(xs))
+  if (alone !== undefined) {
+    log(`  upstream call alone, stream: floor ${alone.stream.floor.map((x) => fmt(x, 0)).join(", ")} µs; AIBase ${alone.stream.aibase.map((x) => fmt(x, 0)).join(", ")} µs`)
+    log(`  upstream call alone, embedding: floor ${alone.embedding.floor.map((x) => fmt(x, 0)).join(", ")} µs; AIBase ${alone.embedding.aibase.map((x) => fmt(x, 0)).join(", ")} µs`)
+  }
+  raw["model-call"] = { whole, alone: alone ?? null }
+  const call = { floor: m(alone?.stream.floor), aibase: m(alone?.stream.aibase) }
+  rows.push(
+    {
+      scenario: "model-call",
+      metric: "server CPU per one-chunk streamed request, whole request (µs)",
+      floor: median(whole.floor),
+      aibase: median(whole.aibase),
+      decimals: 0
+    },
+    {
+      scenario: "model-call",
+      metric: "of which the upstream call, measured alone: a bare node:http POST / the openai SDK over NodeFetch (µs)",
+      floor: call.floor,
+      aibase: call.aibase,
+      decimals: 0
+    },
+    {
+      scenario: "model-call",
+      metric: "the rest of the request: protocol, validation, ledger, metrics (µs, whole − call)",
+      floor: median(whole.floor) - call.floor,
+      aibase: median(whole.aibase) - call.aibase,
+      decimals: 0
+    },
+    {
+      scenario: "model-call",
+      metric: "the upstream call alone for an embedding of 1,536 floats (µs)",
+      floor: m(alone?.embedding.floor),
+      aibase: m(alone?.embedding.aibase),
+      decimals: 0
+    },
+    {
+      scenario: "model-call",
+      metric: `failed streams (of ${MODEL_CALL_CLIENTS * rounds * profile.reps * 2}, both sides)`,
+      floor: failed,
+      aibase: failed,
+      decimals: 0,
+      ratio: false
+    }
+  )
+}
+
 const embeddingFrame = (requestId: string) => ({
   type: "embedding",
   request_id: requestId,
@@ -1629,6 +1766,9 @@ const main = async () => {
         case "embeddings":
           await embeddingsScenario()
           break
+        case "model-call":
+          await modelCallScenario()
+          break
         case "pings":
           await pingsScenario()
           break
@@ -1662,6 +1802,9 @@ const main = async () => {
       : "") +
     (rows.some((row) => row.scenario === "resumable")
       ? "In the resumable rows both columns are AIBase (two identical processes): the floor column sent plain streams, the AIBase column resumable ones; ratio = resumable / plain. "
+      : "") +
+    (rows.some((row) => row.scenario === "model-call")
+      ? "In the model-call rows the requests are streams of one content chunk at once (the request's cost, not its chunks'), and the upstream call is measured alone in a process of its own. "
       : "") +
     (rows.some((row) => row.scenario === "metrics")
       ? "In the metrics rows both columns are AIBase: the floor column with METRICS_ENABLED=false, the AIBase column with the metrics on (the default); ratio = on / off. "

@@ -25,11 +25,21 @@ const toHeaders = (raw: ReadonlyArray<string>): Headers => {
   return headers
 }
 
-const readAll = async (incoming: Http.IncomingMessage): Promise<string> => {
-  const parts: Array<Buffer> = []
-  for await (const part of incoming) parts.push(Buffer.isBuffer(part) ? part : Buffer.from(String(part)))
-  return Buffer.concat(parts).toString("utf8")
-}
+/** The whole body as text; fails if the message ends before its end (aborted, reset). */
+const readAll = (incoming: Http.IncomingMessage): Promise<string> =>
+  new Promise((resolve, reject) => {
+    const parts: Array<Buffer> = []
+    let ended = false
+    incoming.on("data", (part: Buffer | string) => parts.push(Buffer.isBuffer(part) ? part : Buffer.from(part)))
+    incoming.once("end", () => {
+      ended = true
+      resolve(parts.length === 1 ? parts[0]!.toString("utf8") : Buffer.concat(parts).toString("utf8"))
+    })
+    incoming.once("error", reject)
+    incoming.once("close", () => {
+      if (!ended) reject(new Error("The response ended before its body did"))
+    })
+  })
 
 const messages = new WeakMap<Response, Http.IncomingMessage>()
 
@@ -43,17 +53,19 @@ export const incomingOf = (response: Response): Http.IncomingMessage | undefined
 class IncomingResponse extends Response {
   readonly #incoming: Http.IncomingMessage
   readonly #url: string
+  #headers: Headers | undefined = undefined
 
   constructor(incoming: Http.IncomingMessage, url: string) {
-    super(null, {
-      status: incoming.statusCode ?? 502,
-      statusText: incoming.statusMessage ?? "",
-      headers: toHeaders(incoming.rawHeaders)
-    })
+    super(null, { status: incoming.statusCode ?? 502, statusText: incoming.statusMessage ?? "" })
     this.#incoming = incoming
     this.#url = url
     Object.defineProperty(this, "body", { value: incoming, enumerable: true })
     messages.set(this, incoming)
+  }
+
+  /** Built once, when first read (not copied into the Response as its constructor would). */
+  override get headers(): Headers {
+    return this.#headers ??= toHeaders(this.#incoming.rawHeaders)
   }
 
   override get url(): string {
@@ -72,7 +84,9 @@ class IncomingResponse extends Response {
 const requestHeaders = (headers: HeadersInit | undefined): Http.OutgoingHttpHeaders => {
   const out: Http.OutgoingHttpHeaders = {}
   if (headers === undefined) return out
-  new Headers(headers).forEach((value, name) => {
+  // The SDK passes Headers: read them as they are rather than copy them first.
+  const source = headers instanceof Headers ? headers : new Headers(headers)
+  source.forEach((value, name) => {
     out[name] = value
   })
   return out

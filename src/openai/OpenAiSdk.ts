@@ -13,7 +13,7 @@ import { StringDecoder } from "node:string_decoder"
 import OpenAI, { type APIError } from "openai"
 import { AppConfig, openaiConnection } from "../config/AppConfig.js"
 import { ChatCompletion, ChatCompletionChunk, isPlainTextChunk, type UpstreamChatRequest } from "../protocol/Chat.js"
-import { EmbeddingResponse, type UpstreamEmbeddingRequest } from "../protocol/Embedding.js"
+import { EmbeddingResponse, isPlainEmbeddingResponse, type UpstreamEmbeddingRequest } from "../protocol/Embedding.js"
 import {
   type AiBaseError,
   AuthenticationError,
@@ -26,6 +26,7 @@ import {
   UpstreamError,
   ValidationError
 } from "../protocol/Errors.js"
+import * as RawJson from "../protocol/RawJson.js"
 import { describeParseError } from "../protocol/Validation.js"
 import * as Push from "../stream/Push.js"
 import * as NodeFetch from "./NodeFetch.js"
@@ -63,6 +64,20 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
   const decodeCompletion = decode(ChatCompletion)
   const decodeChunk = decode(ChatCompletionChunk)
   const decodeEmbeddings = decode(EmbeddingResponse)
+  const notJsonBody = new UpstreamError({
+    code: "invalid_upstream_response",
+    message: "The model provider answered with a body that is not JSON"
+  })
+  /** An embeddings response in its exact wire shape keeps its text (see RawJson); others go through the Schema. */
+  const decodeEmbeddingsText = (text: string): Either.Either<EmbeddingResponse, UpstreamError> => {
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch {
+      return Either.left(notJsonBody)
+    }
+    return isPlainEmbeddingResponse(json) ? Either.right(RawJson.remember(json, text)) : decodeEmbeddings(json)
+  }
 
   const idleTimeout = new TimeoutError({
     code: "upstream_timeout",
@@ -156,8 +171,12 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
         return settle(errors.fromStream(new OpenAI.APIError(undefined, json.error, undefined, headers)))
       }
       let chunk: ChatCompletionChunk
-      if (isPlainTextChunk(json)) chunk = json
-      else {
+      // A plain text chunk is already in its wire form: its text goes on as it came.
+      let text: string | undefined = undefined
+      if (isPlainTextChunk(json)) {
+        chunk = json
+        text = data
+      } else {
         const decoded = decodeChunk(json)
         if (Either.isLeft(decoded)) return settle(decoded.left)
         chunk = decoded.right
@@ -165,7 +184,7 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
       if (!finished) finished = chunk.choices.some((choice) => choice.finish_reason !== null)
       let full: Promise<void> | undefined
       try {
-        full = sink(chunk)
+        full = sink(chunk, text)
       } catch {
         // This runs in a socket's event handler: a throw must not escape it.
         return settle(streamFailed)
@@ -204,10 +223,14 @@ export const make = Effect.fn("OpenAiSdk.make")(function*(options: Options) {
     createEmbedding: (request: UpstreamEmbeddingRequest) =>
       Effect.tryPromise({
         // The SDK defaults to base64 and decodes it itself; ask for floats so
-        // compatible servers that ignore encoding_format still work.
-        try: (signal) => client.embeddings.create({ ...request, encoding_format: "float" }, { signal }),
+        // compatible servers that ignore encoding_format still work. The body
+        // is read here, as text, so that it can be sent on as it came.
+        try: (signal) =>
+          client.embeddings.create({ ...request, encoding_format: "float" }, { signal }).asResponse().then((response) =>
+            response.text()
+          ),
         catch: errors.fromSdk
-      }).pipe(Effect.flatMap(decodeEmbeddings))
+      }).pipe(Effect.flatMap(decodeEmbeddingsText))
   })
 })
 

@@ -36,7 +36,8 @@ const isVector = (value: unknown): value is ReadonlyArray<number> => {
 export const Vector = Schema.declare(isVector, {
   identifier: "Vector",
   description: "an array of numbers",
-  jsonSchema: { type: "array", items: { type: "number" } }
+  jsonSchema: { type: "array", items: { type: "number" } },
+  arbitrary: () => (fc) => fc.array(fc.double({ noNaN: true }))
 })
 
 export const Embedding = Schema.Struct({
@@ -53,3 +54,35 @@ export const EmbeddingResponse = Schema.Struct({
   usage: Schema.Struct({ prompt_tokens: Schema.Number, total_tokens: Schema.Number })
 })
 export type EmbeddingResponse = typeof EmbeddingResponse.Type
+
+const RESPONSE_KEYS: ReadonlySet<string> = new Set(Object.keys(EmbeddingResponse.fields))
+const EMBEDDING_KEYS: ReadonlySet<string> = new Set(Object.keys(Embedding.fields))
+const USAGE_KEYS: ReadonlySet<string> = new Set(["prompt_tokens", "total_tokens"])
+
+const isRecord = (u: unknown): u is { readonly [key: string]: unknown } =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+const onlyKeys = (record: { readonly [key: string]: unknown }, allowed: ReadonlySet<string>): boolean => {
+  for (const key in record) if (!allowed.has(key)) return false
+  return true
+}
+
+/**
+ * Whether a value is an embeddings response in exactly the shape
+ * `EmbeddingResponse` decodes to (nothing to strip), checked by hand: such a
+ * value is its own decoded and encoded form, so its JSON text can be sent on
+ * as it came (see RawJson). Anything else goes through the Schema. A
+ * property test holds the two together.
+ */
+export const isPlainEmbeddingResponse = (u: unknown): u is EmbeddingResponse => {
+  if (!isRecord(u) || !onlyKeys(u, RESPONSE_KEYS)) return false
+  if (typeof u.object !== "string" || typeof u.model !== "string" || !Array.isArray(u.data)) return false
+  const usage = u.usage
+  if (!isRecord(usage) || !onlyKeys(usage, USAGE_KEYS)) return false
+  if (typeof usage.prompt_tokens !== "number" || typeof usage.total_tokens !== "number") return false
+  for (const item of u.data) {
+    if (!isRecord(item) || !onlyKeys(item, EMBEDDING_KEYS)) return false
+    if (typeof item.object !== "string" || !Number.isSafeInteger(item.index) || !isVector(item.embedding)) return false
+  }
+  return true
+}

@@ -350,10 +350,10 @@ export class ResumableStreams extends Context.Tag("aibase/ResumableStreams")<Res
         })
 
       /** Keeps a frame, stores it, and hands it to an attachment that is caught up. */
-      const record = (entry: Entry) => (event: ChatStreamEvent): Promise<void> | undefined => {
+      const record = (entry: Entry) => (event: ChatStreamEvent, json?: string): Promise<void> | undefined => {
         const seq = entry.frames.length + 1
         const frame: Frame = PLAIN_EVENTS.has(event._tag)
-          ? { ...event, seq, json: JSON.stringify(event.data) }
+          ? { ...event, seq, json: json ?? JSON.stringify(event.data) }
           : { ...event, seq }
         entry.frames.push(frame)
         store.putEvent(entry.id, frame)

@@ -203,9 +203,9 @@ export class Chat extends Context.Tag("aibase/Chat")<Chat, {
           return recordUpstreamCall(
             record,
             upstream.model,
-            pushChatCompletion(openai, upstream)((chunk) => {
+            pushChatCompletion(openai, upstream)((chunk, json) => {
               accumulator.add(chunk)
-              return sink({ _tag: "chat_completion_stream_chunk", data: chunk })
+              return sink({ _tag: "chat_completion_stream_chunk", data: chunk }, json)
             }).pipe(Effect.map((): Turn<Assembled> => {
               const assembled = accumulator.result()
               return { value: assembled, content: assembled.content || null, toolCalls: assembled.toolCalls, usage: assembled.usage }

@@ -55,9 +55,9 @@ const numbered = (push: Push.PushStream<ChatStreamEvent, AiBaseError>): Push.Pus
 (sink) =>
   Effect.suspend(() => {
     let seq = 0
-    return push((event) => {
+    return push((event, json) => {
       seq = event.seq ?? seq + 1
-      return sink(event.seq === undefined ? { ...event, seq } : event)
+      return sink(event.seq === undefined ? { ...event, seq } : event, json)
     })
   })
 
@@ -96,9 +96,9 @@ const makeStreamPush = Effect.gen(function*() {
       const push = guardPush(guard, chat.push(request))
       const observed: Push.PushStream<ChatStreamEvent, AiBaseError> = record === undefined ? push : (sink) => {
         record.requested(request.model ?? chat.defaults.model, request.messages)
-        return push((event) => {
+        return push((event, json) => {
           record.onStreamEvent(event)
-          return sink(event)
+          return sink(event, json)
         }).pipe(
           // A resumable stream runs on a fiber of its own, which would not see the record (Chat notes its calls there).
           Effect.locally(RequestRecord.current, record)

@@ -13,6 +13,7 @@ import { type AiBaseError, CancelledError, InternalError, isAiBaseError, Validat
 import { CANCEL, CANCEL_RESPONSE, CancelResponse, ErrorFrame, errorFrame, RequestEnvelope } from "../protocol/Frames.js"
 import { jsonDepthExceeds, MAX_JSON_DEPTH, tooDeep } from "../protocol/JsonDepth.js"
 import { type AiBaseRpc, AiBaseRpcs, PLAIN_EVENTS, type WireName, WireNames } from "../protocol/Rpcs.js"
+import * as RawJson from "../protocol/RawJson.js"
 import { decodeSafely, validationError } from "../protocol/Validation.js"
 import { Ledger, RECORDED_RPCS } from "../ledger/Ledger.js"
 import * as RequestRecord from "../ledger/RequestRecord.js"
@@ -56,6 +57,10 @@ const frame = (type: string, requestId: string, data: unknown, seq?: number): st
   `{"type":${JSON.stringify(type)},"request_id":${JSON.stringify(requestId)},${seq === undefined ? "" : `"seq":${seq},`}"data":${
     JSON.stringify(data)
   }}`
+
+/** A frame around data given as JSON text. */
+const frameOfJson = (type: string, requestId: string, json: string): string =>
+  `{"type":${JSON.stringify(type)},"request_id":${JSON.stringify(requestId)},"data":${json}}`
 
 const encodeError = (requestId: string | null, error: AiBaseError, seq?: number): string =>
   JSON.stringify(encodeErrorFrame(errorFrame(requestId, error, seq)))
@@ -117,12 +122,12 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
         let numbered = isResume
         const quotedId = JSON.stringify(requestId)
         // One synchronous call per event: encode, frame, hand to the connection.
-        const sink = (event: StreamEvent): Promise<void> | undefined => {
+        const sink = (event: StreamEvent, json?: string): Promise<void> | undefined => {
           if (event.seq !== undefined) numbered = true
           seq = event.seq ?? seq + 1
           if (PLAIN_EVENTS.has(event._tag)) {
             return emit(
-              `{"type":"${event._tag}","request_id":${quotedId},"seq":${seq},"data":${event.json ?? JSON.stringify(event.data)}}`,
+              `{"type":"${event._tag}","request_id":${quotedId},"seq":${seq},"data":${event.json ?? json ?? JSON.stringify(event.data)}}`,
               false
             )
           }
@@ -166,11 +171,15 @@ export const make: Effect.Effect<Envelope, never, Rpc.ToHandler<AiBaseRpc> | Pus
           onRight: (decoded) => {
             const result = invoke(decoded)
             return Effect.isEffect(result)
-              ? Effect.flatMap(result, (data) =>
-                Either.match(encodeData(data), {
+              ? Effect.flatMap(result, (data) => {
+                // A value still in the wire form it arrived in goes out as that text (see RawJson).
+                const text = RawJson.textOf(data)
+                if (text !== undefined) return awaitEmit(emit(frameOfJson(type, requestId, text), true))
+                return Either.match(encodeData(data), {
                   onLeft: encodingFailed,
                   onRight: (encoded) => awaitEmit(emit(frame(type, requestId, encoded), true))
-                }))
+                })
+              })
               : Effect.dieMessage(`${rpc._tag} returned a stream`)
           }
         })

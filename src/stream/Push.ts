@@ -13,9 +13,11 @@ import { Cause, Effect, Exit, Fiber, HashSet, Mailbox, Stream } from "effect"
 
 /**
  * Takes one element. `undefined` means "go on"; a promise means "wait for it
- * before the next element" (the consumer is full).
+ * before the next element" (the consumer is full). A producer that parsed
+ * the element from JSON it could send on as it is may pass that text as
+ * `json`, so a consumer that writes JSON need not stringify it again.
  */
-export type Sink<A> = (element: A) => Promise<void> | undefined
+export type Sink<A> = (element: A, json?: string) => Promise<void> | undefined
 
 /** A producer that pushes every element into the sink, then succeeds (or fails). */
 export type PushStream<A, E = never, R = never> = (sink: Sink<A>) => Effect.Effect<void, E, R>

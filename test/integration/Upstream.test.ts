@@ -306,6 +306,63 @@ describe("upstream (fake OpenAI through the openai SDK)", () => {
         expect(fake.lastRequest?.fields["model"]).toBe("emb-explicit")
       }))
 
+    it.scoped("an embeddings answer in OpenAI's exact shape reaches the client as the text the upstream wrote", () =>
+      Effect.gen(function*() {
+        const fake = yield* freshFake
+        const client = yield* connect
+        const texts: Array<string> = []
+        client.raw.on("message", (data) => texts.push(String(data)))
+        const answer = {
+          object: "list",
+          data: [{ object: "embedding", index: 0, embedding: [0.5, -0.25, 1e-7] }],
+          model: "emb-raw",
+          usage: { prompt_tokens: 2, total_tokens: 2 }
+        }
+        // Spaced out as JSON.stringify never writes it: only the upstream's own text has these spaces.
+        const text = JSON.stringify(answer, null, 1)
+        fake.enqueue(Behaviour.json(undefined, { text }))
+        const [response] = yield* client.request({ type: "embedding", request_id: "raw", payload: { input: "fox" } })
+        if (response?.type !== "embedding_response") return expect.fail(JSON.stringify(response))
+        expect(response.data).toEqual(answer)
+        expect(texts.find((frame) => frame.includes(`"request_id":"raw"`))).toBe(
+          `{"type":"embedding_response","request_id":"raw","data":${text}}`
+        )
+
+        // A field the Schema does not know: the answer goes through the Schema, which leaves it out.
+        fake.enqueue(Behaviour.json(undefined, { text: JSON.stringify({ ...answer, provider_extra: { cost: 1 } }, null, 1) }))
+        const [stripped] = yield* client.request({ type: "embedding", request_id: "extra", payload: { input: "fox" } })
+        if (stripped?.type !== "embedding_response") return expect.fail(JSON.stringify(stripped))
+        expect(stripped.data).toEqual(answer)
+        expect(texts.find((frame) => frame.includes(`"request_id":"extra"`))).toBe(
+          `{"type":"embedding_response","request_id":"extra","data":${JSON.stringify(answer)}}`
+        )
+
+        // Not JSON at all: an upstream error, not an internal one.
+        fake.enqueue(Behaviour.json(undefined, { text: "{\"object\": \"list\", " }))
+        const broken = lastError(yield* client.request({ type: "embedding", request_id: "broken", payload: { input: "fox" } }))
+        expect(broken.data).toEqual({ category: "upstream", code: "invalid_upstream_response", retryable: true })
+      }))
+
+    it.scoped("a streamed text chunk reaches the client as the text the upstream wrote; other chunks go through the Schema", () =>
+      Effect.gen(function*() {
+        const fake = yield* freshFake
+        const client = yield* connect
+        const texts: Array<string> = []
+        client.raw.on("message", (data) => texts.push(String(data)))
+        const [role, first, ...rest] = textChunks("verbatim text")
+        if (role === undefined || first === undefined) return expect.fail("textChunks gave too few chunks")
+        // A text chunk spaced out (only the upstream's own text has these spaces), and one with a field the Schema drops.
+        const spaced = JSON.stringify(first, null, 1).replace(/\n/g, "")
+        const extra = { ...rest[0], provider_extra: 1 }
+        fake.enqueue(Behaviour.stream([role, spaced, extra, ...rest.slice(1)]))
+        const frames = yield* client.request(chat("chat_completion_stream", "rawchunks"))
+        expect(chunkText(frames)).toBe("verbatim text")
+        const chunkFrames = texts.filter((frame) => frame.startsWith(`{"type":"chat_completion_stream_chunk","request_id":"rawchunks"`))
+        expect(chunkFrames[1]).toBe(`{"type":"chat_completion_stream_chunk","request_id":"rawchunks","seq":2,"data":${spaced}}`)
+        expect(chunkFrames[2]).not.toContain("provider_extra")
+        expect(frames.at(-1)?.type).toBe("chat_completion_stream_end")
+      }))
+
     it.scoped("a scripted completion is returned as the upstream sent it", () =>
       Effect.gen(function*() {
         const fake = yield* freshFake

@@ -73,6 +73,8 @@ export type Behaviour =
     readonly _tag: "Json"
     readonly status?: number
     readonly body: unknown
+    /** The body verbatim (its exact text), instead of `body` JSON-encoded. */
+    readonly text?: string
     readonly headers?: Headers
     /** Respond after this delay. */
     readonly delayMs?: number
@@ -671,9 +673,9 @@ export const start = (): Promise<FakeOpenAI> => {
     ex.res.writeHead(status, headers)
   }
 
-  const sendJson = (ex: Exchange, status: number, body: unknown, headers: Headers = {}) => {
+  const sendJson = (ex: Exchange, status: number, body: unknown, headers: Headers = {}, text?: string) => {
     if (ex.closed || ex.res.headersSent) return
-    const payload = JSON.stringify(body)
+    const payload = text ?? JSON.stringify(body)
     writeHead(ex, status, {
       "content-type": "application/json",
       "content-length": String(Buffer.byteLength(payload)),
@@ -700,7 +702,7 @@ export const start = (): Promise<FakeOpenAI> => {
         return run(ex, echoFor(route, ex.record, behaviour.chunkDelayMs), route)
       case "Json":
         if (behaviour.delayMs !== undefined && !(await sleep(ex, behaviour.delayMs))) return
-        return sendJson(ex, behaviour.status ?? 200, behaviour.body, behaviour.headers)
+        return sendJson(ex, behaviour.status ?? 200, behaviour.body, behaviour.headers, behaviour.text)
       case "Error":
         if (behaviour.delayMs !== undefined && !(await sleep(ex, behaviour.delayMs))) return
         return sendError(ex, behaviour.status, behaviour.message, behaviour.type, behaviour.code ?? null, behaviour.param ?? null, behaviour.headers)

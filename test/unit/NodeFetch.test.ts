@@ -149,6 +149,22 @@ describe("NodeFetch", () => {
     })
   })
 
+  it("a body cut off before its end rejects text() and json() (they do not hang)", async () => {
+    handler = (_req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "1000" })
+      res.write("{\"object\": \"list\", ")
+      // Once the first piece is out, the connection goes: the body never reaches its announced length.
+      setTimeout(() => res.destroy(), 20)
+    }
+    await withFetch(async (fetch) => {
+      const first = await fetch(`${origin}/cut`)
+      expect(first.status).toBe(200)
+      expect(await rejection(first.text())).toBeInstanceOf(Error)
+      const second = await fetch(`${origin}/cut`)
+      expect(await rejection(second.json())).toBeInstanceOf(Error)
+    })
+  })
+
   it("an error status resolves (it is not a network error), with its body", async () => {
     handler = (_req, res) => {
       res.writeHead(429, { "content-type": "application/json", "retry-after-ms": "10" })
