@@ -99,16 +99,18 @@ const makeStreamPush = Effect.gen(function*() {
         return push((event, json) => {
           record.onStreamEvent(event)
           return sink(event, json)
-        }).pipe(
-          // A resumable stream runs on a fiber of its own, which would not see the record (Chat notes its calls there).
-          Effect.locally(RequestRecord.current, record)
-        )
+        })
       }
       if (request.resumable !== true) return observed(sink)
       if (record !== undefined) record.finishedBy = "stream"
       const ownRecord: Push.PushStream<ChatStreamEvent, AiBaseError> = record === undefined
         ? observed
-        : (sink) => Effect.onExit(observed(sink), (exit) => finish(record, exit))
+        : (sink) =>
+          observed(sink).pipe(
+            // A resumable stream runs on a fiber of its own, which would not see the record (Chat notes its calls there).
+            Effect.locally(RequestRecord.current, record),
+            Effect.onExit((exit) => finish(record, exit))
+          )
       return resumable.start(ownRecord, caller.principal)(sink)
     })
 })
