@@ -4,11 +4,11 @@
  * very same value, so the answer's own JSON text can be sent on as it came.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Arbitrary, Either, FastCheck, Schema } from "effect"
+import { Either, FastCheck, Schema } from "effect"
 import { EmbeddingResponse, isPlainEmbeddingResponse } from "../../src/protocol/Embedding.js"
+import { acceptsOnlyDecodedValues } from "../support/GuardProperty.js"
 
 const decode = Schema.decodeUnknownEither(EmbeddingResponse)
-const encoded = Arbitrary.make(Schema.encodedSchema(EmbeddingResponse))
 
 const answer = {
   object: "list",
@@ -35,15 +35,7 @@ describe("isPlainEmbeddingResponse", () => {
   })
 
   it("whatever it accepts, the Schema decodes to the same value (generated answers)", () => {
-    FastCheck.assert(
-      FastCheck.property(encoded, (value) => {
-        if (!isPlainEmbeddingResponse(value)) return
-        const decoded = decode(value)
-        expect(Either.isRight(decoded)).toBe(true)
-        if (Either.isRight(decoded)) expect(decoded.right).toEqual(value)
-      }),
-      { numRuns: 2000 }
-    )
+    acceptsOnlyDecodedValues(EmbeddingResponse, isPlainEmbeddingResponse)
   })
 
   it("rejects every mutation of an answer that the Schema rejects", () => {

@@ -3,11 +3,11 @@
  * whatever it accepts, the Schema decodes to the very same value.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Arbitrary, Either, FastCheck, Schema } from "effect"
+import { Either, FastCheck, Schema } from "effect"
 import { ChatCompletionChunk, isPlainTextChunk } from "../../src/protocol/Chat.js"
+import { acceptsOnlyDecodedValues } from "../support/GuardProperty.js"
 
 const decode = Schema.decodeUnknownEither(ChatCompletionChunk)
-const encoded = Arbitrary.make(Schema.encodedSchema(ChatCompletionChunk))
 
 const textChunk = {
   id: "chatcmpl-1",
@@ -33,15 +33,7 @@ describe("isPlainTextChunk", () => {
   })
 
   it("whatever it accepts, the Schema decodes to the same value (generated chunks)", () => {
-    FastCheck.assert(
-      FastCheck.property(encoded, (chunk) => {
-        if (!isPlainTextChunk(chunk)) return
-        const decoded = decode(chunk)
-        expect(Either.isRight(decoded)).toBe(true)
-        if (Either.isRight(decoded)) expect(decoded.right).toEqual(chunk)
-      }),
-      { numRuns: 2000 }
-    )
+    acceptsOnlyDecodedValues(ChatCompletionChunk, isPlainTextChunk)
   })
 
   it("rejects every mutation of a text chunk that the Schema rejects", () => {
