@@ -8,6 +8,7 @@
  */
 import { Schema } from "effect"
 import { optional } from "./Fields.js"
+import { isRecord, onlyKeys } from "./Guards.js"
 import { FunctionTool, ToolCall, ToolDefinition, ToolRound } from "./Tools.js"
 
 const mutableArray = <S extends Schema.Schema.Any>(item: S) => Schema.mutable(Schema.Array(item))
@@ -246,14 +247,6 @@ export type ChatCompletionChunk = typeof ChatCompletionChunk.Type
 const CHUNK_KEYS: ReadonlySet<string> = new Set(Object.keys(ChatCompletionChunk.fields))
 const CHOICE_KEYS: ReadonlySet<string> = new Set(Object.keys(ChunkChoice.fields))
 const TEXT_DELTA_KEYS: ReadonlySet<string> = new Set(["role", "content", "refusal"])
-
-const isRecord = (u: unknown): u is { readonly [key: string]: unknown } =>
-  typeof u === "object" && u !== null && !Array.isArray(u)
-
-const onlyKeys = (record: { readonly [key: string]: unknown }, allowed: ReadonlySet<string>): boolean => {
-  for (const key in record) if (!allowed.has(key)) return false
-  return true
-}
 
 /** An optional field that is absent, null, or a string (present-but-undefined does not decode). */
 const optionalNullableStringAt = (record: { readonly [key: string]: unknown }, key: string): boolean =>

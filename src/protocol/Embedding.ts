@@ -3,6 +3,7 @@
  */
 import { Schema } from "effect"
 import { optional } from "./Fields.js"
+import { isRecord, onlyKeys } from "./Guards.js"
 
 export const EmbeddingRequest = Schema.Struct({
   input: Schema.Union(
@@ -58,14 +59,6 @@ export type EmbeddingResponse = typeof EmbeddingResponse.Type
 const RESPONSE_KEYS: ReadonlySet<string> = new Set(Object.keys(EmbeddingResponse.fields))
 const EMBEDDING_KEYS: ReadonlySet<string> = new Set(Object.keys(Embedding.fields))
 const USAGE_KEYS: ReadonlySet<string> = new Set(["prompt_tokens", "total_tokens"])
-
-const isRecord = (u: unknown): u is { readonly [key: string]: unknown } =>
-  typeof u === "object" && u !== null && !Array.isArray(u)
-
-const onlyKeys = (record: { readonly [key: string]: unknown }, allowed: ReadonlySet<string>): boolean => {
-  for (const key in record) if (!allowed.has(key)) return false
-  return true
-}
 
 /**
  * Whether a value is an embeddings response in exactly the shape
