@@ -151,9 +151,14 @@ export class AppConfig extends Context.Tag("aibase/AppConfig")<AppConfig, AppCon
   static readonly layerPrefixed = (prefix: string): Layer.Layer<AppConfig, ConfigError.ConfigError> =>
     Layer.effect(AppConfig, Config.nested(config, prefix))
 
-  /** A configuration read from the given variables only (for tests and embedding apps). */
+  /**
+   * A configuration read from the given variables only (for tests and
+   * embedding apps). Each call builds a layer of its own: sharing
+   * `AppConfig.layer` would let a MemoMap hand one call's configuration to
+   * another.
+   */
   static readonly layerFromEnv = (env: Record<string, string>): Layer.Layer<AppConfig, ConfigError.ConfigError> =>
-    AppConfig.layer.pipe(
+    Layer.effect(AppConfig, config).pipe(
       Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
     )
 }

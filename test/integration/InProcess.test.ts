@@ -92,12 +92,12 @@ describe("an in-memory RPC client over the handlers", () => {
 
 describe("swapping the model", () => {
   // The services take the model from outside: providing the host's is all it takes.
+  // One AppConfig for the services and the server: a free port on loopback, never the default 8080.
   const Services = AiBaseServer.layerServices.pipe(
     Layer.provide(HostModel),
-    Layer.provideMerge(AppConfig.layerFromEnv(env))
+    Layer.provideMerge(AppConfig.layerFromEnv({ ...env, SERVER_HOST: "127.0.0.1", SERVER_PORT: "0" }))
   )
-  const Server = AiBaseServer.layerServer.pipe(Layer.provideMerge(Services))
-  const ServerOnPort = Server.pipe(Layer.provide(AppConfig.layerFromEnv({ ...env, SERVER_HOST: "127.0.0.1", SERVER_PORT: "0" })))
+  const ServerOnPort = AiBaseServer.layerServer.pipe(Layer.provideMerge(Services))
 
   it.layer(ServerOnPort, { timeout: 30_000 })((it) => {
     it.effect("serves the host's model, and /info names it truthfully", () =>

@@ -3,7 +3,7 @@
  * provider choice, the .env fallback, and secrets kept redacted.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Layer, LogLevel, Option, Redacted } from "effect"
+import { ConfigProvider, Context, Duration, Effect, Layer, LogLevel, Option, Redacted } from "effect"
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -103,4 +103,18 @@ describe("AppConfig.layerPrefixed", () => {
       expect(config.server.port).toBe(9123)
       expect(config.openai.model).toBe("host-model")
     }))
+})
+
+describe("AppConfig.layerFromEnv", () => {
+  // Test layers share one MemoMap per file: two configurations built in it must stay two.
+  it.effect("each call is its own configuration, also when built in one MemoMap", () =>
+    Effect.gen(function*() {
+      const memoMap = yield* Layer.makeMemoMap
+      const scope = yield* Effect.scope
+      const read = (env: Record<string, string>) =>
+        Effect.map(Layer.buildWithMemoMap(AppConfig.layerFromEnv(env), memoMap, scope), (context) =>
+          Context.get(context, AppConfig).server.port)
+      expect(yield* read({ SERVER_PORT: "1234" })).toBe(1234)
+      expect(yield* read({ SERVER_PORT: "0" })).toBe(0)
+    }).pipe(Effect.scoped))
 })
